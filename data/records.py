@@ -1,0 +1,73 @@
+"""BIO sentences -> records: ``{id, text, tokens, token_offsets, entities: [{text, type, start, end}]}``.
+
+A record is one sentence (English) or one source text (Chinese); ``id`` is ``<corpus>:<split>:<index>``
+and stays stable as long as the source file does. Offsets are character offsets into ``text``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from medner.data.bio import BioError, Sentence, read_bio, spans_to_tags, tags_to_spans
+from medner.data.detok import join_tokens
+from medner.data.registry import Corpus
+
+
+def sentence_to_record(sent: Sentence, rec_id: str, lang: str, scheme: str) -> dict:
+    text, offsets = join_tokens(sent.tokens, lang)
+    entities = []
+    for sp in tags_to_spans(sent.tags, scheme):
+        start, end = offsets[sp.start][0], offsets[sp.end - 1][1]
+        entities.append({"text": text[start:end], "type": sp.label, "start": start, "end": end})
+    return {"id": rec_id, "text": text, "tokens": list(sent.tokens), "token_offsets": [list(o) for o in offsets], "entities": entities}
+
+
+def record_tags(record: dict) -> list[str]:
+    """The IOB2 tags of a record's gold entities on its own tokens (the inverse of conversion)."""
+    from medner.data.bio import char_spans_to_token_spans
+
+    spans, dropped = char_spans_to_token_spans(
+        [tuple(o) for o in record["token_offsets"]], [(e["start"], e["end"], e["type"]) for e in record["entities"]]
+    )
+    if dropped:
+        raise ValueError(f"record {record['id']}: gold entities overlap: {dropped}")
+    return spans_to_tags(len(record["tokens"]), spans)
+
+
+def convert(corpus: Corpus, split: str) -> list[dict]:
+    """All records of one split. Raises BioError (with every file:line problem) on invalid input."""
+    path = corpus.file(split)
+    sentences, problems = read_bio(path, corpus.scheme, corpus.label_names)
+    if problems:
+        raise BioError(problems)
+    return [sentence_to_record(s, f"{corpus.name}:{split}:{i}", corpus.lang, corpus.scheme) for i, s in enumerate(sentences)]
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)  # never leave a half-written file under the final name
+    return n
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object); a malformed line raises ValueError naming file:line."""
+    with Path(path).open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, obj

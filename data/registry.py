@@ -1,0 +1,91 @@
+"""The corpus registry: ``data/corpora.yaml`` (or a user's own file with the same shape)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import yaml
+
+from medner.data.bio import SCHEMES
+
+DEFAULT_REGISTRY = Path(__file__).with_name("corpora.yaml")
+SPLITS = ("train", "dev", "test")
+_KEYS = {"lang", "scheme", "files", "labels", "notice"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    name: str  # the corpus's own label, used verbatim in answers, schemas and reports
+    display: str  # shown in prompts
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    name: str
+    lang: str
+    scheme: str
+    files: dict[str, Path]
+    labels: tuple[Label, ...]
+    notice: Path | None = None
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    def file(self, split: str) -> Path:
+        if split not in self.files:
+            raise KeyError(f"corpus {self.name!r} has no split {split!r} (it has: {', '.join(self.files)})")
+        return self.files[split]
+
+
+class RegistryError(ValueError):
+    pass
+
+
+def registry_path() -> Path:
+    """The registry in use: ``$MEDNER_CORPORA`` if set, else the one shipped in ``data/``."""
+    return Path(os.environ.get("MEDNER_CORPORA", DEFAULT_REGISTRY))
+
+
+def load_registry(path: str | Path | None = None) -> dict[str, Corpus]:
+    path = Path(path) if path else registry_path()
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base = path.parent
+    out = {}
+    for name, entry in raw.items():
+        where = f"{path}: corpus {name!r}"
+        if not isinstance(entry, dict):
+            raise RegistryError(f"{where}: expected a mapping")
+        unknown = set(entry) - _KEYS
+        if unknown:
+            raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+        for key in ("lang", "files", "labels"):
+            if key not in entry:
+                raise RegistryError(f"{where}: missing key {key!r}")
+        if entry["lang"] not in ("en", "zh"):
+            raise RegistryError(f"{where}: lang must be en or zh, not {entry['lang']!r}")
+        scheme = entry.get("scheme", "iob2")
+        if scheme not in SCHEMES:
+            raise RegistryError(f"{where}: scheme must be one of {SCHEMES}, not {scheme!r}")
+        files = {}
+        for split, rel in entry["files"].items():
+            if split not in SPLITS:
+                raise RegistryError(f"{where}: split {split!r} is not one of {SPLITS}")
+            files[split] = (base / rel).resolve()
+        labels = []
+        for lab, spec in entry["labels"].items():
+            spec = spec or {}
+            labels.append(Label(str(lab), str(spec.get("display", lab)), str(spec.get("description", ""))))
+        notice = (base / entry["notice"]).resolve() if entry.get("notice") else None
+        out[name] = Corpus(name, entry["lang"], scheme, files, tuple(labels), notice)
+    return out
+
+
+def get_corpus(name: str, path: str | Path | None = None) -> Corpus:
+    reg = load_registry(path)
+    if name not in reg:
+        raise RegistryError(f"unknown corpus {name!r}; registered: {', '.join(sorted(reg))}")
+    return reg[name]

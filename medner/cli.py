@@ -1,0 +1,110 @@
+"""``medner``: one command, one subcommand per pipeline stage.
+
+    medner data convert|validate      BIO corpora -> records and instruction/JSON pairs
+    medner sft train|make-tiny|merge  QLoRA fine-tuning with TRL
+    medner serve                      vLLM's OpenAI-compatible server with the adapter
+    medner extract                    chat extraction queries against a server
+    medner api                        the /v1/extract endpoint
+    medner eval run|score|compare     the eval harness
+
+Errors in the input end the command with one clear line on stderr and exit status 1
+(set MEDNER_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _data_convert(a: argparse.Namespace) -> int:
+    from medner.data.pairs import records_to_pairs
+    from medner.data.records import convert, write_jsonl
+    from medner.data.registry import get_corpus
+    from medner.data.stats import format_stats, record_stats
+    from medner.tokenizer import token_counter
+
+    corpus = get_corpus(a.corpus)
+    records = convert(corpus, a.split)
+    n = write_jsonl(records, a.out)
+    count = token_counter() if (a.pairs_out or a.stats) else None
+    n_pairs = None
+    if a.pairs_out:
+        n_pairs = write_jsonl(records_to_pairs(records, corpus, count, max_window_tokens=a.window_tokens), a.pairs_out)
+    print(format_stats(corpus.name, a.split, record_stats(records, count), n_pairs))
+    print(f"  wrote {n} records to {a.out}" + (f", {n_pairs} pairs to {a.pairs_out}" if a.pairs_out else ""))
+    return 0
+
+
+def _data_validate(a: argparse.Namespace) -> int:
+    from medner.data.bio import read_bio
+    from medner.data.registry import get_corpus
+
+    labels = get_corpus(a.corpus).label_names if a.corpus else None
+    bad = 0
+    for f in a.files:
+        sents, problems = read_bio(f, a.scheme, labels)
+        for p in problems:
+            print(p, file=sys.stderr)
+        bad += len(problems)
+        if not problems:
+            print(f"{f}: ok ({len(sents)} sentences, scheme {a.scheme})")
+    if bad:
+        print(f"{bad} problem(s) found", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    stages = p.add_subparsers(dest="stage", required=True)
+
+    data = stages.add_parser("data", help="BIO corpora -> records and training pairs").add_subparsers(dest="action", required=True)
+    c = data.add_parser("convert", help="one split of a registered corpus -> records JSONL (and pairs)")
+    c.add_argument("corpus")
+    c.add_argument("--split", required=True, choices=["train", "dev", "test"])
+    c.add_argument("--out", required=True, help="records JSONL")
+    c.add_argument("--pairs-out", help="also write instruction/JSON training pairs here")
+    c.add_argument("--window-tokens", type=int, default=256, help="window cap in Qwen2.5 tokens for pairs")
+    c.add_argument("--stats", action="store_true", help="also print text lengths in Qwen2.5 tokens")
+    c.set_defaults(func=_data_convert)
+    v = data.add_parser("validate", help="check BIO files; every problem with file:line")
+    v.add_argument("files", nargs="+")
+    v.add_argument("--corpus", help="also check labels against this registered corpus")
+    v.add_argument("--scheme", default="iob2", choices=["iob2", "iob1", "bioes"])
+    v.set_defaults(func=_data_validate)
+
+    from medner.sft.commands import add_sft_commands
+    from medner.serve.commands import add_serve_commands
+    from medner.eval.commands import add_eval_commands
+
+    add_sft_commands(stages)
+    add_serve_commands(stages)
+    add_eval_commands(stages)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        if os.environ.get("MEDNER_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

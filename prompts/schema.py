@@ -1,0 +1,81 @@
+"""The answer contract: ``{"entities": [{"text": ..., "type": ...}]}`` and its JSON Schema.
+
+One function builds the schema from a label set. Training answers are validated against it, vLLM
+receives it as ``response_format``, and eval validates replies with it, so the three cannot drift.
+
+Bounding by the input
+---------------------
+With ``text`` given, the schema also bounds the reply so that every constrained generation is finite
+and ends by itself, even from an untrained model:
+
+* ``entities[].text`` has ``maxLength`` = min(len(text), ``max_mention_chars``);
+* ``entities`` has ``maxItems`` = min(number of input tokens, ``max_entities``).
+
+:func:`max_reply_tokens` turns those bounds into a ``max_tokens`` budget for the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Sequence
+
+DEFAULT_MAX_ENTITIES = 64
+DEFAULT_MAX_MENTION_CHARS = 128
+
+
+def answer_schema(
+    labels: Sequence[str],
+    text: str | None = None,
+    n_tokens: int | None = None,
+    max_entities: int = DEFAULT_MAX_ENTITIES,
+    max_mention_chars: int = DEFAULT_MAX_MENTION_CHARS,
+) -> dict:
+    """JSON Schema of the answer for ``labels``; bounded by ``text`` (and its token count) when given."""
+    if not labels:
+        raise ValueError("a schema needs at least one label")
+    mention: dict = {"type": "string", "minLength": 1}
+    entities: dict = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"text": mention, "type": {"type": "string", "enum": list(labels)}},
+            "required": ["text", "type"],
+            "additionalProperties": False,
+        },
+    }
+    if text is not None:
+        mention["maxLength"] = max(1, min(len(text), max_mention_chars))
+        items = n_tokens if n_tokens is not None else len(text.split()) or 1
+        entities["maxItems"] = max(0, min(items, max_entities)) if text else 0
+    return {
+        "type": "object",
+        "properties": {"entities": entities},
+        "required": ["entities"],
+        "additionalProperties": False,
+    }
+
+
+def max_reply_tokens(schema: dict, labels: Sequence[str]) -> int:
+    """An upper bound, in model tokens, on a reply that the bounded schema allows (no whitespace).
+
+    Each mention character costs at most one token for ordinary text; JSON escapes are rare in
+    mentions. A reply beyond this is cut by ``max_tokens`` and reported as truncated, never parsed.
+    """
+    ent = schema["properties"]["entities"]
+    n_items = ent.get("maxItems", DEFAULT_MAX_ENTITIES)
+    max_chars = ent["items"]["properties"]["text"].get("maxLength", DEFAULT_MAX_MENTION_CHARS)
+    longest_type = max(len(t) for t in labels)
+    per_item = 12 + max_chars + math.ceil(longest_type / 2)  # {"text":"...","type":"..."}, plus a comma
+    return 8 + n_items * per_item
+
+
+def schema_hash(labels: Sequence[str]) -> str:
+    """Identifies a label set (and so the unbounded schema) in run records."""
+    return hashlib.sha256(json.dumps(answer_schema(labels), sort_keys=True).encode()).hexdigest()
+
+
+def answer_json(entities: Sequence[dict]) -> str:
+    """The canonical answer string used as the training target (compact, no extra whitespace)."""
+    return json.dumps({"entities": [{"text": e["text"], "type": e["type"]} for e in entities]}, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,7 @@
+"""`medner sft ...` subcommands."""
+
+from __future__ import annotations
+
+
+def add_sft_commands(stages) -> None:
+    pass

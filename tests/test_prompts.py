@@ -1,0 +1,79 @@
+"""Golden prompts and the answer schema (prompts/)."""
+
+import json
+from pathlib import Path
+
+import jinja2
+import jsonschema
+import pytest
+
+from medner.prompts.render import PROMPT_VERSION, build_messages
+from medner.prompts.schema import answer_json, answer_schema, max_reply_tokens
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize(
+    "corpus,text",
+    [
+        ("ncbi-disease", "Clustering of missense mutations in the ataxia-telangiectasia gene."),
+        ("bc5cdr", "Lidocaine-induced cardiac asystole."),
+        ("cmedqaner", "宝宝出水痘了，需要吃阿昔洛韦吗？"),
+    ],
+)
+def test_golden_prompt(registry, corpus, text):
+    c = registry[corpus]
+    msgs = build_messages(text, c.labels, c.lang)
+    path = GOLDEN / f"{PROMPT_VERSION}-{corpus}.json"
+    want = json.loads(path.read_text(encoding="utf-8"))
+    assert msgs == want, f"rendered prompt changed; if intended, bump PROMPT_VERSION and regenerate {path}"
+
+
+def test_strict_undefined_fails_loudly(tmp_path, monkeypatch):
+    import medner.prompts.render as render
+
+    (tmp_path / "v9").mkdir()
+    (tmp_path / "v9" / "en.system.jinja").write_text("{{ nonexistent }}")
+    (tmp_path / "v9" / "en.user.jinja").write_text("{{ text }}")
+    monkeypatch.setattr(render, "TEMPLATES", tmp_path)
+    with pytest.raises(jinja2.UndefinedError):
+        render.build_messages("x", [], "en", "v9")
+
+
+def test_missing_template_version():
+    with pytest.raises(ValueError, match="no prompt template"):
+        build_messages("x", [], "en", "v999")
+
+
+def test_schema_shape_enum_and_no_extras():
+    s = answer_schema(["Chemical", "Disease"])
+    v = jsonschema.Draft202012Validator(s)
+    assert v.is_valid({"entities": [{"text": "aspirin", "type": "Chemical"}]})
+    assert not v.is_valid({"entities": [{"text": "aspirin", "type": "Drug"}]})
+    assert not v.is_valid({"entities": [{"text": "", "type": "Chemical"}]})
+    assert not v.is_valid({"entities": [{"text": "a", "type": "Chemical", "start": 0}]})
+    assert not v.is_valid({"entities": [], "extra": 1})
+    assert not v.is_valid({})
+
+
+def test_schema_bounded_by_input():
+    s = answer_schema(["D"], text="flu and cold", n_tokens=3)
+    ent = s["properties"]["entities"]
+    assert ent["maxItems"] == 3 and ent["items"]["properties"]["text"]["maxLength"] == 12
+    assert not jsonschema.Draft202012Validator(s).is_valid({"entities": [{"text": "x" * 13, "type": "D"}]})
+    from medner.tokenizer import token_counter
+
+    worst = answer_json([{"text": "flu and cold", "type": "D"}] * 3)  # the longest reply the schema allows
+    assert max_reply_tokens(s, ["D"]) >= token_counter()(worst)
+    assert answer_schema(["D"], text="")["properties"]["entities"]["maxItems"] == 0
+
+
+def test_answer_json_is_compact_ordered_and_keeps_repeats():
+    ents = [{"text": "flu", "type": "D", "start": 0, "end": 3}, {"text": "flu", "type": "D", "start": 8, "end": 11}]
+    assert answer_json(ents) == '{"entities":[{"text":"flu","type":"D"},{"text":"flu","type":"D"}]}'
+    assert answer_json([]) == '{"entities":[]}'
+
+
+def test_empty_label_set_rejected():
+    with pytest.raises(ValueError):
+        answer_schema([])
