@@ -118,3 +118,15 @@ def merge_window_entities(per_window: Sequence[tuple[int, Sequence[dict]]]) -> l
                 out.append(g)
     out.sort(key=lambda e: (e["start"], e["end"]))
     return out
+
+
+def window_record(record: dict, start: int, end: int, window_id: str | None = None) -> dict:
+    """The part of a record inside one window, as a record of its own (offsets relative to the window)."""
+    toks = [(i, (s, e)) for i, (s, e) in enumerate(record["token_offsets"]) if start <= s and e <= end]
+    return {
+        "id": window_id or record["id"],
+        "text": record["text"][start:end],
+        "tokens": [record["tokens"][i] for i, _ in toks],
+        "token_offsets": [[s - start, e - start] for _, (s, e) in toks],
+        "entities": entities_in_window(record.get("entities", []), start, end),
+    }

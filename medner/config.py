@@ -49,7 +49,7 @@ def _coerce(name: str, value: Any, typ: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {name}={value!r} does not fit {typ}")
     if typ is Any:
         return value
-    if origin in (list, tuple):
+    if origin in (list, tuple) or typ in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):

@@ -1,7 +1,71 @@
-"""`medner sft ...` subcommands."""
+"""`medner sft train|make-tiny|merge`."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _train(a: argparse.Namespace) -> int:
+    from medner.config import load_config
+    from medner.sft.train import SFTSettings, train
+
+    cfg = load_config(SFTSettings, a.config, a.overrides)
+    train(cfg)
+    return 0
+
+
+def _make_tiny(a: argparse.Namespace) -> int:
+    from medner.sft.models import make_tiny
+
+    out = make_tiny(a.out_dir, layers=a.layers, hidden=a.hidden)
+    print(out)
+    return 0
+
+
+def _merge(a: argparse.Namespace) -> int:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medner.runrecord import read_record, write_record
+    from medner.sft.models import resolve_model
+
+    rec = read_record(a.adapter)
+    base = a.model or (rec or {}).get("base_model", {}).get("path")
+    if not base:
+        raise ValueError(f"{a.adapter}: no run record naming the base model; pass --model")
+    base_dir = resolve_model(base)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.bfloat16)  # unquantized base
+    merged = PeftModel.from_pretrained(model, a.adapter).merge_and_unload()
+    out = Path(a.out)
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(a.adapter).save_pretrained(out)
+    if rec:
+        rec = {**rec, "merged_from_adapter": str(Path(a.adapter).resolve())}
+        write_record(out, rec)
+    print(out)
+    return 0
+
 
 def add_sft_commands(stages) -> None:
-    pass
+    sft = stages.add_parser("sft", help="QLoRA fine-tuning").add_subparsers(dest="action", required=True)
+    t = sft.add_parser("train", help="QLoRA SFT with TRL: medner sft train --config FILE [key=value ...]")
+    t.add_argument("--config", required=True)
+    t.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    t.set_defaults(func=_train)
+    m = sft.add_parser("make-tiny", help="write a tiny random Qwen2 model with the Qwen2.5 tokenizer (tests, demo)")
+    m.add_argument("out_dir")
+    m.add_argument("--layers", type=int, default=2)
+    m.add_argument("--hidden", type=int, default=128)
+    m.set_defaults(func=_make_tiny)
+    g = sft.add_parser("merge", help="merge an adapter into its unquantized bf16 base model")
+    g.add_argument("--adapter", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--model", help="base model (default: the one in the adapter's run record)")
+    g.set_defaults(func=_merge)

@@ -26,3 +26,24 @@ def registry():
     from medner.data.registry import load_registry
 
     return load_registry()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny random Qwen2 model, built once per session by the real command."""
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
+    run_medner("sft", "make-tiny", str(out), check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model, tmp_path_factory) -> Path:
+    """A tiny SFT run (8 steps of the tiny config), shared by the SFT, serve and eval tests."""
+    out = tmp_path_factory.mktemp("runs") / "sft-tiny"
+    run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={out}", "max_steps=8", check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_run) -> Path:
+    return tiny_run / "adapter"

@@ -1,0 +1,315 @@
+"""QLoRA supervised fine-tuning: a thin launcher around TRL's ``SFTTrainer``.
+
+The base model is loaded in 4-bit NF4 with double quantization (bitsandbytes), LoRA adapters (peft)
+go on all linear layers, and the data are conversational prompt-completion records, so the loss falls
+on the answer only and the model's own (Qwen2.5) chat template renders them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+from medner.config import ConfigError, save_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class SFTSettings:
+    # base model: a Hub id, a local folder or a local .gguf file
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    # registered corpora to train on; several make a mixture (e.g. [ncbi-disease, cmedqaner])
+    corpora: list[str] = dataclasses.field(default_factory=lambda: ["ncbi-disease"])
+    train_split: str = "train"
+    dev_split: str = "dev"
+    # cap on training pairs after a seeded shuffle of the mixture (null = all)
+    max_train_examples: int | None = None
+    output_dir: str = "runs/sft"
+    seed: int = 42
+    # windowing cap in Qwen2.5 tokens for long texts (data stage rule)
+    window_tokens: int = 256
+    # longest prompt+answer in tokens; a longer training example stops the run (never truncated)
+    max_length: int = 1024
+    # nf4 (QLoRA; bitsandbytes 4-bit) | none (bf16 LoRA)
+    quantization: str = "nf4"
+    # auto | cpu | cuda
+    device: str = "auto"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    # "all-linear" or a list of module names
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    num_epochs: float = 1.0
+    # > 0 overrides num_epochs
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    packing: bool = False
+    logging_steps: int = 1
+    # checkpoints for resume every N steps; the newest save_total_limit are kept
+    save_steps: int = 50
+    save_total_limit: int = 2
+    # dev evaluation: every eval_steps steps (0 = only at the end) on the first dev_examples dev pairs
+    eval_steps: int = 0
+    dev_examples: int = 32
+    dev_batch_size: int = 8
+    # schema-constrained dev generation (xgrammar) or free decoding
+    dev_constrained: bool = True
+    dev_max_new_tokens: int = 256
+    # CPU threads for torch (null = torch's default)
+    num_threads: int | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_datasets(cfg: SFTSettings):
+    """Training pairs of the mixture, dev pairs (with their records), and the data manifest."""
+    from medner.data.pairs import record_to_pairs
+    from medner.data.records import convert
+    from medner.data.registry import get_corpus
+    from medner.data.windows import window_record
+    from medner.tokenizer import token_counter
+
+    count = token_counter()
+    train, dev, manifest = [], [], []
+    for name in cfg.corpora:
+        corpus = get_corpus(name)
+        for split, bucket in ((cfg.train_split, train), (cfg.dev_split, dev)):
+            path = corpus.file(split)
+            if not path.is_file():
+                raise ConfigError(f"data file missing for {name} {split}: {path}")
+            records = convert(corpus, split)
+            pairs = []
+            for rec in records:
+                for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens):
+                    p["corpus"] = name
+                    if split == cfg.dev_split:
+                        p["_record"] = window_record(rec, *p["window"], window_id=p["id"])
+                    pairs.append(p)
+            bucket.extend(pairs)
+            manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": _sha256(path), "records": len(records), "pairs": len(pairs)})
+    rng = random.Random(cfg.seed)
+    rng.shuffle(train)
+    if cfg.max_train_examples:
+        train = train[: cfg.max_train_examples]
+    rng_dev = random.Random(cfg.seed + 1)
+    rng_dev.shuffle(dev)
+    dev = dev[: cfg.dev_examples]
+    return train, dev, manifest
+
+
+def check_lengths(pairs: list[dict], tokenizer, max_length: int) -> int:
+    """Longest tokenized example; raises if any exceeds ``max_length`` (nothing is truncated silently)."""
+    longest, worst = 0, None
+    for p in pairs:
+        rendered = tokenizer.apply_chat_template(p["prompt"] + p["completion"], tokenize=False)
+        n = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        if n > longest:
+            longest, worst = n, p["id"]
+    if longest > max_length:
+        raise ConfigError(f"training example {worst} is {longest} tokens, longer than max_length={max_length}; raise max_length or lower window_tokens")
+    return longest
+
+
+def pick_device(cfg: SFTSettings) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible")
+    return cfg.device
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest *complete* checkpoint: one whose trainer state, adapter and optimizer were all written.
+    A checkpoint cut short by a kill lacks one of them and is skipped."""
+    done = []
+    for d in output_dir.glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if not m:
+            continue
+        needed = ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt"]
+        if all((d / f).is_file() and (d / f).stat().st_size > 0 for f in needed):
+            try:
+                json.loads((d / "trainer_state.json").read_text())
+            except ValueError:
+                continue
+            done.append((int(m.group(1)), d))
+    return max(done)[1] if done else None
+
+
+def load_model(cfg: SFTSettings, model_dir: Path, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict = {"dtype": torch.bfloat16}
+    mode = "bf16 LoRA"
+    if cfg.quantization == "nf4":
+        try:
+            import bitsandbytes  # noqa: F401
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+            mode = f"QLoRA (4-bit NF4, double quantization, bitsandbytes {'CUDA' if device == 'cuda' else 'CPU'} backend)"
+        except ImportError:
+            log.warning("bitsandbytes is not installed: falling back to bf16 LoRA")
+    elif cfg.quantization != "none":
+        raise ConfigError(f"quantization must be nf4 or none, not {cfg.quantization!r}")
+    if device == "cuda":
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    if device == "cpu" and "quantization_config" not in kwargs:
+        model = model.to("cpu")
+    log.info("training mode: %s on %s", mode, device)
+    return model, mode
+
+
+def train(cfg: SFTSettings) -> Path:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from medner.prompts.render import PROMPT_VERSION, template_hash
+    from medner.prompts.schema import schema_hash
+    from medner.data.registry import get_corpus
+    from medner.runrecord import write_record
+    from medner.sft.dev_eval import DevEvalCallback
+    from medner.sft.models import resolve_model, tokenizer_hash, weights_hash
+    from medner.sft.plots import write_loss_curve
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.resolved.yaml")
+    corpora = {name: get_corpus(name) for name in cfg.corpora}  # fail fast on an unknown corpus
+    model_dir = resolve_model(cfg.model)
+    device = pick_device(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|endoftext|>"
+
+    train_pairs, dev_pairs, manifest = build_datasets(cfg)
+    if not train_pairs:
+        raise ConfigError("no training examples")
+    longest = check_lengths(train_pairs, tokenizer, cfg.max_length)
+    (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_examples": len(dev_pairs), "longest_example_tokens": longest, "files": manifest}, indent=2) + "\n")
+    log.info("data: %d training pairs (longest %d tokens), %d dev pairs", len(train_pairs), longest, len(dev_pairs))
+    ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["completion"]} for p in train_pairs])
+
+    model, mode = load_model(cfg, model_dir, device)
+    peft_cfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    args = SFTConfig(
+        output_dir=str(out),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        completion_only_loss=True,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        bf16=use_bf16,
+        use_cpu=device == "cpu",
+        report_to=[],
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        disable_tqdm=False,
+        include_num_input_tokens_seen=True,
+    )
+    dev_cb = DevEvalCallback(dev_pairs, tokenizer, corpora, out, cfg)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=[dev_cb])
+    dev_cb.trainer = trainer
+    resume = latest_checkpoint(out)
+    if resume:
+        log.info("resuming from %s", resume.name)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.perf_counter() - t0
+
+    final = out / "adapter"
+    trainer.model.save_pretrained(str(final))
+    tokenizer.save_pretrained(str(final))
+    record = {
+        "medner_run": 1,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "prompt_version": PROMPT_VERSION,
+        "prompt_template_sha256": template_hash(),
+        "corpora": {n: {"lang": c.lang, "labels": c.label_names, "schema_sha256": schema_hash(c.label_names)} for n, c in corpora.items()},
+        "window_tokens": cfg.window_tokens,
+        "base_model": {"source": cfg.model, "path": str(model_dir), "weights_sha256": weights_hash(model_dir), "tokenizer_sha256": tokenizer_hash(model_dir)},
+        "training": {"mode": mode, "device": device, "steps": trainer.state.global_step, "train_examples": len(train_pairs)},
+    }
+    write_record(final, record)
+    shutil.copy(out / "config.resolved.yaml", final / "config.resolved.yaml")
+    shutil.copy(out / "data_manifest.json", final / "data_manifest.json")
+    if dev_cb.best_dir.is_dir():
+        write_record(dev_cb.best_dir, record)
+    summary = write_loss_curve(trainer.state.log_history, out)
+    summary.update(
+        steps=trainer.state.global_step,
+        train_wall_s=wall,
+        train_tokens=int(trainer.state.num_input_tokens_seen or 0),
+        mode=mode,
+        device=device,
+        dev=dev_cb.history,
+        best_dev_f1=dev_cb.best_f1,
+        train_loss=getattr(result, "training_loss", None),
+    )
+    if summary["train_tokens"] and wall > 0:
+        summary["train_tokens_per_s"] = summary["train_tokens"] / wall
+    if device == "cuda":
+        summary["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        import resource
+
+        summary["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    warnings = dev_cb.warnings()
+    summary["warnings"] = warnings
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for w in warnings:
+        log.warning("%s", w)
+    log.info("adapter written to %s (%d steps, %.0f s)", final, trainer.state.global_step, wall)
+    return final

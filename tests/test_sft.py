@@ -1,0 +1,121 @@
+"""`medner sft`: the tiny QLoRA run, its outputs, resume after SIGKILL, and config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_medner
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_run_writes_a_trained_adapter(tiny_run, tiny_model):
+    ad = tiny_run / "adapter"
+    for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "medner_run.json", "config.resolved.yaml", "data_manifest.json"):
+        assert (ad / f).is_file(), f
+    for f in ("loss_curve.json", "loss_curve.png", "summary.json", "config.resolved.yaml"):
+        assert (tiny_run / f).is_file(), f
+    w = load_file(ad / "adapter_model.safetensors")
+    lora_b = [v for k, v in w.items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)  # LoRA B starts at zero: every one moved
+    curve = json.loads((tiny_run / "loss_curve.json").read_text())["train"]
+    assert len(curve) >= 4
+    first, last = sum(r["loss"] for r in curve[:2]) / 2, sum(r["loss"] for r in curve[-2:]) / 2
+    assert last < first, curve
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["dev"] and "QLoRA" in summary["mode"]
+    rec = json.loads((ad / "medner_run.json").read_text())
+    assert rec["prompt_version"] == "v1" and rec["corpora"]["ncbi-disease"]["labels"] == ["Disease"]
+    assert len(rec["base_model"]["weights_sha256"]) == 64
+    manifest = json.loads((ad / "data_manifest.json").read_text())
+    assert manifest["train_examples"] == 256 and {f["split"] for f in manifest["files"]} == {"train", "dev"}
+
+
+def test_adapter_loads_in_transformers_and_generates(tiny_run, tiny_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    model = PeftModel.from_pretrained(model, tiny_run / "adapter")
+    tok = AutoTokenizer.from_pretrained(tiny_run / "adapter")
+    ids = tok.apply_chat_template([{"role": "user", "content": "asthma"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4 or out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_resume_after_sigkill_continues_the_step_counter(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medner.cli", "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"),
+           f"model={tiny_model}", f"output_dir={out}", "max_steps=8", "save_steps=2", "dev_examples=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and not (out / "checkpoint-4" / "trainer_state.json").is_file():
+            time.sleep(0.5)
+        assert (out / "checkpoint-4" / "trainer_state.json").is_file(), "no checkpoint-4 in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "adapter").exists()
+    (out / "checkpoint-99").mkdir()  # a checkpoint cut short by the kill: no trainer state; must be skipped
+    (out / "checkpoint-99" / "adapter_model.safetensors").write_bytes(b"")
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from checkpoint-" in second.stderr
+    assert "resuming from checkpoint-99" not in second.stderr
+    state = json.loads(sorted(out.glob("checkpoint-8"))[0].joinpath("trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    logged = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert logged[0] <= 4 and logged[-1] == 8  # the history carried over: the run was continued, not restarted
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [("lora_rr=4", "unknown key(s) 'lora_rr' (did you mean 'lora_r'?)"), ("model=Qwen/Qwen2.5-0.5B-Instruct", "pass model=PATH"), ("corpora=[no-such-corpus]", "unknown corpus")],
+)
+def test_bad_config_is_one_clear_line(tmp_path, override, fragment):
+    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"output_dir={tmp_path}", override, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and fragment in err[0], proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_file_is_one_clear_line(tmp_path, tiny_model):
+    reg = tmp_path / "corpora.yaml"
+    reg.write_text("gone:\n  lang: en\n  files: {train: missing.tsv, dev: missing.tsv}\n  labels: {Disease: {}}\n")
+    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={tmp_path}/o", "corpora=[gone]", env={"MEDNER_CORPORA": str(reg)})
+    assert proc.returncode == 1 and "data file missing" in proc.stderr and "missing.tsv" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_module_unknown_keys_and_types(tmp_path):
+    from medner.config import ConfigError, load_config
+    from medner.sft.train import SFTSettings
+
+    cfg = load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_steps=3", "corpora=ncbi-disease,cmedqaner", "max_train_examples=null"])
+    assert cfg.max_steps == 3 and cfg.corpora == ["ncbi-disease", "cmedqaner"] and cfg.max_train_examples is None
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_steps=lots"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_config(SFTSettings, None, ["max_steps"])
+
+
+def test_every_config_knob_is_commented_and_known():
+    import dataclasses
+
+    from medner.sft.train import SFTSettings
+
+    names = {f.name for f in dataclasses.fields(SFTSettings)}
+    for path in (ROOT / "sft/configs").glob("*.yaml"):
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith("#") and any("medner sft train" in l or "make sft" in l for l in lines[:6]), path
+        keys = [l.split(":")[0] for l in lines if l and not l.startswith("#") and not l.startswith(" ")]
+        assert set(keys) <= names, (path, set(keys) - names)
