@@ -43,7 +43,12 @@ def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = N
         )
     if corpus is not None:
         trained = rec.get("corpora", {})
-        if corpus.name in trained and trained[corpus.name]["schema_sha256"] != schema_hash(corpus.label_names):
+        if corpus.name not in trained:
+            raise RunRecordError(
+                f"{adapter_dir}: trained on {', '.join(trained) or 'no corpus'}, not on {corpus.name!r}; "
+                "its label set does not match (use the base model for zero-shot on other label sets)"
+            )
+        if trained[corpus.name]["schema_sha256"] != schema_hash(corpus.label_names):
             raise RunRecordError(
                 f"{adapter_dir}: trained on {corpus.name} labels {trained[corpus.name]['labels']}, "
                 f"but the registry now has {corpus.label_names}"

@@ -1,7 +1,129 @@
-"""`medner serve ...` subcommands."""
+"""`medner serve`, `medner extract` and `medner api`."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_SERVE_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+def _serve_defaults(config: str | None):
+    from medner.config import load_config
+    from medner.serve.launch import ServeSettings
+
+    path = config or (DEFAULT_SERVE_CONFIG if DEFAULT_SERVE_CONFIG.is_file() else None)
+    return load_config(ServeSettings, path, [])
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from medner.config import load_config
+    from medner.serve.launch import ServeSettings, serve
+
+    return serve(load_config(ServeSettings, a.config, a.overrides))
+
+
+def _read_inputs(a: argparse.Namespace) -> list[dict]:
+    if a.text is not None and a.file:
+        raise ValueError("give TEXT or --file, not both")
+    if a.text is not None and a.text != "-":
+        return [{"text": a.text}]
+    fh = sys.stdin if (a.text == "-" or a.file == "-") else open(a.file, encoding="utf-8-sig")
+    name = "<stdin>" if fh is sys.stdin else a.file
+    items = []
+    with fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.lstrip().startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj.get("text"), str):
+                    raise ValueError(f"{name}:{lineno}: JSON line needs a string field 'text'")
+                items.append({k: obj[k] for k in ("id", "text") if k in obj})
+            else:
+                items.append({"text": line})
+    return items
+
+
+def _extract(a: argparse.Namespace) -> int:
+    from medner.data.registry import get_corpus
+    from medner.serve.client import ExtractClient, task_for
+
+    defaults = _serve_defaults(a.serve_config)
+    url = a.url or f"http://{defaults.host}:{defaults.port}/v1"
+    model = a.model or (defaults.adapter_name if defaults.adapter else defaults.base_name) or defaults.adapter_name
+    labels = None
+    if a.labels:
+        labels = json.loads(a.labels) if a.labels.strip().startswith(("{", "[")) else [x for x in a.labels.split(",") if x]
+    corpus = get_corpus(a.corpus) if (a.corpus and not labels) else None
+    task = task_for(corpus, labels, a.lang)
+    items = _read_inputs(a)
+    client = ExtractClient(url, model, api_key=a.api_key or os.environ.get("MEDNER_API_KEY"), concurrency=a.concurrency, window_tokens=a.window_tokens, max_tokens_cap=a.max_tokens)
+    client.check_server()
+    results = client.extract(items, task, progress=len(items) > 1)
+    out = open(a.out, "w", encoding="utf-8") if a.out else sys.stdout
+    failed = 0
+    for res in results:
+        shown = {k: res[k] for k in ("id", "text", "entities", "dropped", "status", "error") if k in res}
+        if a.raw:
+            shown["raw"] = res.get("raw")
+        if res["status"] != "ok":
+            failed += 1
+        out.write(json.dumps(shown, ensure_ascii=False, indent=None if len(results) > 1 else 2) + "\n")
+    if out is not sys.stdout:
+        out.close()
+    if failed:
+        print(f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _api(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from medner.serve.api import create_app
+
+    defaults = _serve_defaults(a.serve_config)
+    url = a.url or f"http://{defaults.host}:{defaults.port}/v1"
+    model = a.model or defaults.adapter_name
+    app = create_app(url, model, api_key=a.api_key or os.environ.get("MEDNER_API_KEY"))
+    uvicorn.run(app, host=a.host, port=a.port, access_log=False, log_level="warning")
+    return 0
+
 
 def add_serve_commands(stages) -> None:
-    pass
+    s = stages.add_parser("serve", help="vLLM's OpenAI-compatible server with the adapter")
+    s.add_argument("--config", required=True)
+    s.add_argument("overrides", nargs="*", help="key=value overrides (model=PATH adapter=PATH port=N ...)")
+    s.set_defaults(func=_serve)
+
+    e = stages.add_parser("extract", help="extract entities with a running server")
+    e.add_argument("text", nargs="?", help="the text, or - for stdin (one text or JSON object per line)")
+    e.add_argument("--file", help="a file with one text per line, or JSONL with 'text' (and 'id'); - for stdin")
+    e.add_argument("--url", help="server base URL (default: from the serve config, http://127.0.0.1:8000/v1)")
+    e.add_argument("--model", help="served model name (default: the serve config's adapter name)")
+    e.add_argument("--corpus", default="ncbi-disease", help="registered corpus: its labels, descriptions and language")
+    e.add_argument("--labels", help="ad-hoc labels instead of a corpus: 'A,B' or JSON {label: description}")
+    e.add_argument("--lang", default="en", choices=["en", "zh"], help="language with --labels")
+    e.add_argument("--serve-config", help="serve config to take defaults from")
+    e.add_argument("--api-key", help="API key (or MEDNER_API_KEY)")
+    e.add_argument("--concurrency", type=int, default=8, help="texts in flight at once")
+    e.add_argument("--window-tokens", type=int, default=256, help="window cap for long texts (Qwen2.5 tokens)")
+    e.add_argument("--max-tokens", type=int, help="cap on max_tokens per request (default: derived from the schema bound)")
+    e.add_argument("--out", help="write JSONL here instead of stdout")
+    e.add_argument("--raw", action="store_true", help="include the raw model output")
+    e.set_defaults(func=_extract)
+
+    p = stages.add_parser("api", help="serve POST /v1/extract on its own port, backed by the vLLM server")
+    p.add_argument("--url", help="vLLM server base URL")
+    p.add_argument("--model", help="served model name")
+    p.add_argument("--serve-config")
+    p.add_argument("--api-key")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100)
+    p.set_defaults(func=_api)

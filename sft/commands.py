@@ -23,7 +23,7 @@ def _train(a: argparse.Namespace) -> int:
 def _make_tiny(a: argparse.Namespace) -> int:
     from medner.sft.models import make_tiny
 
-    out = make_tiny(a.out_dir, layers=a.layers, hidden=a.hidden)
+    out = make_tiny(a.out_dir, layers=a.layers, hidden=a.hidden, seed=a.seed)
     print(out)
     return 0
 
@@ -63,6 +63,7 @@ def add_sft_commands(stages) -> None:
     m.add_argument("out_dir")
     m.add_argument("--layers", type=int, default=2)
     m.add_argument("--hidden", type=int, default=128)
+    m.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     m.set_defaults(func=_make_tiny)
     g = sft.add_parser("merge", help="merge an adapter into its unquantized bf16 base model")
     g.add_argument("--adapter", required=True)

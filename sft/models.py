@@ -121,7 +121,7 @@ def make_tiny(out_dir: str | Path, layers: int = 2, hidden: int = 128, seed: int
         num_attention_heads=hidden // 64,
         num_key_value_heads=1,
         head_dim=64,
-        max_position_embeddings=4096,
+        max_position_embeddings=32768,  # as Qwen2.5
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),

@@ -1,0 +1,148 @@
+"""The real vLLM server with the tiny model and adapter: OpenAI endpoint, `medner extract`, /v1/extract."""
+
+import json
+
+import httpx
+import jsonschema
+import pytest
+
+from conftest import ROOT, free_port, run_medner
+
+pytestmark = pytest.mark.slow
+
+TEXT = "Aspirin-induced asthma and hypertension were seen in a patient with asthma."
+
+
+def test_models_lists_base_and_adapter(vllm_server):
+    data = httpx.get(f"{vllm_server}/models").json()["data"]
+    ids = {m["id"]: m for m in data}
+    assert "base" in ids and "ner" in ids and ids["ner"]["parent"] == "base"
+
+
+def test_openai_sdk_chat_with_schema_is_valid_and_stops(vllm_server, registry):
+    from openai import OpenAI
+
+    from medner.prompts.render import build_messages
+    from medner.prompts.schema import answer_schema, max_reply_tokens
+
+    c = registry["ncbi-disease"]
+    schema = answer_schema(c.label_names, TEXT, n_tokens=14)
+    client = OpenAI(base_url=vllm_server, api_key="unused")
+    resp = client.chat.completions.create(
+        model="ner", messages=build_messages(TEXT, c.labels, c.lang), temperature=0,
+        max_tokens=max_reply_tokens(schema, c.label_names),
+        response_format={"type": "json_schema", "json_schema": {"name": "entities", "schema": schema}},
+    )
+    choice = resp.choices[0]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+def test_extract_cli_grounds_offsets(vllm_server, tmp_path):
+    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--corpus", "ncbi-disease", TEXT, "--raw", check=True)
+    out = json.loads(proc.stdout)
+    assert out["text"] == TEXT and out["status"] == "ok"
+    for e in out["entities"]:
+        assert TEXT[e["start"]:e["end"]] == e["text"]
+    # the raw reply was parsed: every mention is either grounded or reported as dropped
+    raw = json.loads(out["raw"][0])
+    assert len(raw["entities"]) == len(out["entities"]) + len(out["dropped"])
+
+
+def test_extract_file_jsonl_ids_pass_through_and_chinese(vllm_server, tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"id": "a1", "text": "宝宝出水痘了，需要吃阿昔洛韦吗？"}, ensure_ascii=False) + "\n" + json.dumps({"id": "a2", "text": ""}) + "\n")
+    # a zh label set from the registry; the adapter was trained on English, which is fine for a client call
+    proc = run_medner("extract", "--url", vllm_server, "--model", "base", "--corpus", "cmedqaner", "--file", str(f), check=True)
+    rows = [json.loads(l) for l in proc.stdout.splitlines()]
+    assert [r["id"] for r in rows] == ["a1", "a2"]
+    assert rows[1]["entities"] == [] and rows[1]["status"] == "ok"  # empty text: no entities, no request
+    for e in rows[0]["entities"]:
+        assert rows[0]["text"][e["start"]:e["end"]] == e["text"]
+
+
+def test_long_text_is_windowed_and_stitched(vllm_server):
+    from medner.serve.client import ExtractClient, task_for
+    from medner.data.registry import get_corpus
+
+    text = " ".join(["The patient had asthma."] * 40)
+    client = ExtractClient(vllm_server, "ner", window_tokens=32)
+    client.check_server()
+    (res,) = client.extract([text], task_for(get_corpus("ncbi-disease")))
+    assert res["windows"] > 1
+    assert res["status"] in ("ok", "truncated")
+    for e in res["entities"]:
+        assert text[e["start"]:e["end"]] == e["text"]
+
+
+def test_truncated_reply_is_reported_not_parsed(vllm_server):
+    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--max-tokens", "3", TEXT)
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert out["status"] == "truncated" and out["entities"] == []
+    assert "did not give a valid answer" in proc.stderr
+
+
+def test_unreachable_server_is_one_clear_error():
+    proc = run_medner("extract", "--url", f"http://127.0.0.1:{free_port()}/v1", TEXT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot reach the server at")
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_model_name_is_one_clear_error(vllm_server):
+    proc = run_medner("extract", "--url", vllm_server, "--model", "nope", TEXT)
+    assert proc.returncode == 1 and "does not serve model 'nope'" in proc.stderr
+
+
+def test_extract_api_endpoint(vllm_server):
+    from fastapi.testclient import TestClient
+
+    from medner.serve.api import create_app
+
+    app = create_app(vllm_server, "ner")
+    with TestClient(app) as api:
+        assert api.get("/health").json()["status"] == "ok"
+        r = api.post("/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease"})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["text"] == TEXT and body["status"] == "ok"
+        for e in body["entities"]:
+            assert TEXT[e["start"]:e["end"]] == e["text"]
+        r2 = api.post("/v1/extract", json={"text": "发热三天", "labels": {"symptom": "症状"}, "lang": "zh", "model": "base"})
+        assert r2.status_code == 200 and r2.json()["text"] == "发热三天"
+        assert api.post("/v1/extract", json={"text": "x", "corpus": "nope"}).status_code == 422
+        assert api.post("/v1/extract", json={"text": "x"}).status_code == 422
+
+
+def test_api_health_when_upstream_down():
+    from fastapi.testclient import TestClient
+
+    from medner.serve.api import create_app
+
+    with TestClient(create_app(f"http://127.0.0.1:{free_port()}/v1", "ner")) as api:
+        assert api.get("/health").status_code == 503
+        assert api.post("/v1/extract", json={"text": "x", "corpus": "ncbi-disease"}).status_code == 503
+
+
+def test_serve_refuses_a_different_base_model(tiny_adapter, tmp_path):
+    other = tmp_path / "other-tiny"
+    run_medner("sft", "make-tiny", str(other), "--seed", "1", check=True)
+    proc = run_medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={other}", f"adapter={tiny_adapter}", f"port={free_port()}")
+    assert proc.returncode == 1 and "trained on base model" in proc.stderr
+
+
+def test_serve_refuses_a_label_set_the_adapter_was_not_trained_on(tiny_model, tiny_adapter):
+    proc = run_medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={tiny_model}", f"adapter={tiny_adapter}", "corpus=cmedqaner", f"port={free_port()}")
+    assert proc.returncode == 1 and "not on 'cmedqaner'" in proc.stderr
+
+
+def test_vllm_argv_is_private_by_default():
+    from pathlib import Path
+
+    from medner.serve.launch import ServeSettings, vllm_argv
+
+    argv = vllm_argv(ServeSettings(adapter="x", api_key="secret"), Path("/m"))
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert "--enable-log-requests" not in argv and "secret" not in " ".join(argv)
+    assert json.loads(argv[argv.index("--structured-outputs-config") + 1])["disable_any_whitespace"] is True
