@@ -1,7 +1,59 @@
-"""`medner eval ...` subcommands."""
+"""`medner eval run|score|compare`."""
 
 from __future__ import annotations
 
+import argparse
+
+
+def _run(a: argparse.Namespace) -> int:
+    from medner.config import load_config
+    from medner.eval.run import EvalSettings, run
+
+    run(load_config(EvalSettings, a.config, a.overrides))
+    return 0
+
+
+def _score(a: argparse.Namespace) -> int:
+    from medner.data.records import read_jsonl
+    from medner.eval.report import write_report
+    from medner.eval.score import load_predictions, score
+
+    gold = []
+    for lineno, obj in read_jsonl(a.gold):
+        missing = [k for k in ("id", "text", "tokens", "token_offsets", "entities") if k not in obj]
+        if missing:
+            raise ValueError(f"{a.gold}:{lineno}: gold record lacks {', '.join(missing)} (use `medner data convert` records)")
+        gold.append(obj)
+    preds = load_predictions(a.pred, {r["id"] for r in gold})
+    report = score(gold, preds, bootstrap=a.bootstrap, with_text=not a.no_text)
+    missing = report["failures"]["missing"]["count"]
+    if missing:
+        print(f"note: {missing} gold record(s) have no prediction; scored as no entities")
+    write_report(report, a.out, with_text=not a.no_text)
+    return 0
+
+
+def _compare(a: argparse.Namespace) -> int:
+    from medner.eval.compare import compare
+
+    print(compare(a.run_a, a.run_b))
+    return 0
+
 
 def add_eval_commands(stages) -> None:
-    pass
+    ev = stages.add_parser("eval", help="the eval harness").add_subparsers(dest="action", required=True)
+    r = ev.add_parser("run", help="predict a corpus split with a backend and score it")
+    r.add_argument("--config", required=True)
+    r.add_argument("overrides", nargs="*", help="key=value (backend= url= model= adapter= corpus= split= limit= out= ...)")
+    r.set_defaults(func=_run)
+    s = ev.add_parser("score", help="score predictions against gold records")
+    s.add_argument("--gold", required=True, help="records JSONL from `medner data convert`")
+    s.add_argument("--pred", required=True, help="predictions JSONL: id + entities (text, type, start/end when known)")
+    s.add_argument("--out", default="runs/score", help="report folder")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
+    s.add_argument("--no-text", action="store_true", help="reports without any text from the records")
+    s.set_defaults(func=_score)
+    c = ev.add_parser("compare", help="two runs side by side")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.set_defaults(func=_compare)

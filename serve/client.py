@@ -63,6 +63,65 @@ def task_for(corpus=None, labels=None, lang: str = "en") -> Task:
     return Task(labs, lang)
 
 
+def plan_requests(text: str, offsets, task: Task, cap: int, tokenizer, max_model_len: int, constrained: bool = True, max_tokens_cap: int | None = None) -> list[dict]:
+    """The requests for one text: windows (overlapping, data-stage rule) with their messages, bounded
+    schema and ``max_tokens``. A window whose reply bound does not fit the context is split smaller."""
+
+    def count(t: str) -> int:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+
+    plans = []
+    for s, e in make_windows(text, offsets, task.lang, count, cap, None):
+        wtext = text[s:e]
+        woffs = [(a - s, b - s) for a, b in offsets if s <= a and b <= e]
+        messages = build_messages(wtext, task.labels, task.lang)
+        schema = answer_schema(task.label_names, wtext, len(woffs))
+        prompt_tokens = count(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        bound = max_reply_tokens(schema, task.label_names) if constrained else 2 * count(wtext) + 64
+        room = max_model_len - prompt_tokens - 8
+        if bound > room and cap > MIN_WINDOW_TOKENS and len(woffs) > 1:
+            for p in plan_requests(wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2), tokenizer, max_model_len, constrained, max_tokens_cap):
+                p["start"] += s
+                plans.append(p)
+            continue
+        max_tokens = max(1, min(bound, room))
+        if max_tokens_cap:
+            max_tokens = min(max_tokens, max_tokens_cap)
+        plans.append({"start": s, "text": wtext, "offsets": woffs, "messages": messages, "schema": schema, "max_tokens": max_tokens, "prompt_tokens": prompt_tokens})
+    return plans
+
+
+def assemble_result(text: str, plans: Sequence[dict], replies: Sequence[dict]) -> dict:
+    """Parse each window's reply (``{"raw", "finish_reason", "output_tokens", "error"?}``), ground it,
+    and stitch the windows back with offsets into ``text``. The first failure names the status."""
+    per_window, raws, statuses, errors, dropped = [], [], [], [], []
+    for p, rep in zip(plans, replies):
+        raws.append(rep["raw"])
+        if rep["finish_reason"] == "error":
+            statuses.append("error")
+            errors.append(rep.get("error") or "request failed")
+            continue
+        parsed = parse_reply(rep["raw"], rep["finish_reason"], p["text"], p["offsets"], p["schema"])
+        statuses.append(parsed["status"])
+        if parsed["error"]:
+            errors.append(parsed["error"])
+        per_window.append((p["start"], parsed["entities"]))
+        dropped += [{**d} for d in parsed["dropped"]]
+    bad = [st for st in statuses if st != "ok"]
+    out = {
+        "entities": merge_window_entities(per_window),
+        "dropped": dropped,
+        "status": bad[0] if bad else "ok",
+        "finish_reason": "length" if any(r["finish_reason"] == "length" for r in replies) else (replies[-1]["finish_reason"] if replies else "stop"),
+        "raw": raws,
+        "windows": len(plans),
+        "output_tokens": sum(r.get("output_tokens") or 0 for r in replies),
+    }
+    if errors:
+        out["error"] = "; ".join(errors)
+    return out
+
+
 class ExtractClient:
     def __init__(
         self,
@@ -110,31 +169,8 @@ class ExtractClient:
         return models
 
     # -- one text ---------------------------------------------------------------------------------
-    def _count(self, text: str) -> int:
-        return len(self._tok(text, add_special_tokens=False)["input_ids"])
-
     def _plan(self, text: str, offsets, task: Task, cap: int) -> list[dict]:
-        """Windows with their messages, schema and max_tokens; splits smaller when a bound does not fit."""
-        plans = []
-        for s, e in make_windows(text, offsets, task.lang, self._count, cap, None):
-            wtext = text[s:e]
-            woffs = [(a - s, b - s) for a, b in offsets if s <= a and b <= e]
-            messages = build_messages(wtext, task.labels, task.lang)
-            schema = answer_schema(task.label_names, wtext, len(woffs))
-            prompt_tokens = self._count(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-            bound = max_reply_tokens(schema, task.label_names) if self.constrained else 2 * self._count(wtext) + 64
-            room = (self.max_model_len or 4096) - prompt_tokens - 8
-            if bound > room and cap > MIN_WINDOW_TOKENS and len(woffs) > 1:
-                sub = self._plan(wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2))
-                for p in sub:
-                    p["start"] += s
-                plans.extend(sub)
-                continue
-            max_tokens = max(1, min(bound, room))
-            if self.max_tokens_cap:
-                max_tokens = min(max_tokens, self.max_tokens_cap)
-            plans.append({"start": s, "text": wtext, "offsets": woffs, "messages": messages, "schema": schema, "max_tokens": max_tokens})
-        return plans
+        return plan_requests(text, offsets, task, cap, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap)
 
     async def _complete(self, http: httpx.AsyncClient, plan: dict) -> dict:
         body = {
@@ -173,28 +209,7 @@ class ExtractClient:
         offsets = [tuple(o) for o in offsets] if offsets is not None else simple_token_offsets(text, task.lang)
         plans = self._plan(text, offsets, task, self.window_tokens)
         replies = await asyncio.gather(*(self._complete(http, p) for p in plans))
-        per_window, raws, statuses, errors = [], [], [], []
-        for p, rep in zip(plans, replies):
-            raws.append(rep["raw"])
-            if rep["finish_reason"] == "error":
-                statuses.append("error")
-                errors.append(rep["error"])
-                continue
-            parsed = parse_reply(rep["raw"], rep["finish_reason"], p["text"], p["offsets"], p["schema"])
-            statuses.append(parsed["status"])
-            if parsed["error"]:
-                errors.append(parsed["error"])
-            per_window.append((p["start"], parsed["entities"]))
-            result["dropped"] += parsed["dropped"]
-        result["entities"] = merge_window_entities(per_window)
-        bad = [s for s in statuses if s != "ok"]
-        result["status"] = bad[0] if bad else "ok"
-        if errors:
-            result["error"] = "; ".join(errors)
-        result["finish_reason"] = "length" if any(r["finish_reason"] == "length" for r in replies) else replies[-1]["finish_reason"]
-        result["raw"] = raws
-        result["windows"] = len(plans)
-        result["output_tokens"] = sum(r.get("output_tokens") or 0 for r in replies)
+        result.update(assemble_result(text, plans, replies))
         result["latency_s"] = time.perf_counter() - t0
         return result
 
