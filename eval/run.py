@@ -100,7 +100,8 @@ def _check_adapter(cfg: EvalSettings, corpus, model_dir: Path | None) -> None:
         check_adapter(cfg.adapter, model_dir, corpus)
 
 
-def run_server(cfg: EvalSettings, records: list[dict], task, write) -> None:
+def run_server(cfg: EvalSettings, records: list[dict], task, write) -> float:
+    """Returns the wall time of the predictions (after the server check)."""
     import asyncio
 
     from medner.serve.client import ExtractClient
@@ -110,7 +111,9 @@ def run_server(cfg: EvalSettings, records: list[dict], task, write) -> None:
                            max_tokens_cap=cfg.max_tokens)
     client.check_server()
     items = [{"id": r["id"], "text": r["text"], "token_offsets": r["token_offsets"]} for r in records]
+    t0 = time.perf_counter()
     asyncio.run(client.extract_many(items, task, progress=True, on_result=lambda i, res: write(res)))
+    return time.perf_counter() - t0
 
 
 def _plans_for(cfg: EvalSettings, records: list[dict], task, tokenizer):
@@ -133,7 +136,8 @@ def _emit(records, all_plans, replies_flat, latency_of, write) -> None:
         write(res)
 
 
-def run_vllm(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path) -> None:
+def run_vllm(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path) -> float:
+    """Returns the wall time of the predictions, after the engine has started."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
@@ -147,6 +151,7 @@ def run_vllm(cfg: EvalSettings, records: list[dict], task, write, model_dir: Pat
               structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}, generation_config="vllm", **kwargs)
     tokenizer = llm.get_tokenizer()
     lora = LoRARequest("ner", 1, str(Path(cfg.adapter).resolve())) if cfg.adapter else None
+    t0 = time.perf_counter()
     for start in range(0, len(records), cfg.batch_size):
         chunk = records[start : start + cfg.batch_size]
         plans = _plans_for(cfg, chunk, task, tokenizer)
@@ -161,9 +166,11 @@ def run_vllm(cfg: EvalSettings, records: list[dict], task, write, model_dir: Pat
         dt = time.perf_counter() - t
         replies = [{"raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason, "output_tokens": len(o.outputs[0].token_ids)} for o in outs]
         _emit(chunk, plans, replies, lambda r: dt, write)
+    return time.perf_counter() - t0
 
 
-def run_hf(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path) -> None:
+def run_hf(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path) -> float:
+    """Returns the wall time of the predictions, after the model has loaded."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,6 +187,7 @@ def run_hf(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path)
     model.eval()
     if not cfg.constrained:
         log.warning("hf backend with constrained=false: output is unconstrained (free decoding)")
+    t0 = time.perf_counter()
     for start in range(0, len(records), cfg.batch_size):
         chunk = records[start : start + cfg.batch_size]
         plans = _plans_for(cfg, chunk, task, tokenizer)
@@ -189,6 +197,7 @@ def run_hf(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path)
                                  [p["schema"] for p in flat] if cfg.constrained else None) if flat else []
         dt = time.perf_counter() - t
         _emit(chunk, plans, replies, lambda r: dt, write)
+    return time.perf_counter() - t0
 
 
 def run(cfg: EvalSettings) -> dict:
@@ -230,19 +239,18 @@ def run(cfg: EvalSettings) -> dict:
         fh.flush()
         bar.update(1)
 
-    t0 = time.perf_counter()
+    wall = 0.0  # prediction time only: model loading and engine start are not part of throughput
     try:
         if todo:
             if cfg.backend == "server":
-                run_server(cfg, todo, task, write)
+                wall = run_server(cfg, todo, task, write)
             elif cfg.backend == "vllm":
-                run_vllm(cfg, todo, task, write, model_dir)
+                wall = run_vllm(cfg, todo, task, write, model_dir)
             else:
-                run_hf(cfg, todo, task, write, model_dir)
+                wall = run_hf(cfg, todo, task, write, model_dir)
     finally:
         fh.close()
         bar.close()
-    wall = time.perf_counter() - t0
     preds = _load_done(pred_path, ids)
     report = score(gold, preds, bootstrap=cfg.bootstrap, with_text=not cfg.no_text)
     fresh = [preds[r["id"]] for r in todo if r["id"] in preds]

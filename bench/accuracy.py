@@ -1,0 +1,112 @@
+"""Real-model accuracy: SFT on a corpus's training split, then the full test split through the real vLLM
+server — schema-constrained, unconstrained, and zero-shot — recorded as `<corpus>-accuracy`.
+
+    python -m bench.accuracy --model PATH --corpus ncbi-disease [--train-examples 480] [--limit N]
+
+Training resumes from its last checkpoint when interrupted (run the same command again); finished
+eval runs are reused (their predictions.jsonl), so a long benchmark survives interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench.common import ROOT, medner, report, server, write_result
+
+PUBLISHED = {"ncbi-disease": ("BioBERT v1.1", 0.8971), "cmedqaner": ("MC-BERT", 0.881), "bc5cdr": ("Stanza biomed (one model, both types)", 0.8808)}
+
+
+def summarize(run: Path) -> dict:
+    r = report(run)
+    f = r["failures"]
+    n = r["records"]
+    bad = f["invalid_json"]["count"] + f["schema_violation"]["count"] + f["truncated"]["count"] + f["error"]["count"]
+    return {
+        "f1": r["seqeval"]["micro"]["f1"],
+        "precision": r["seqeval"]["micro"]["precision"],
+        "recall": r["seqeval"]["micro"]["recall"],
+        "f1_ci95": r["seqeval"]["micro"]["f1_ci95"],
+        "parse_rate": (n - bad) / n if n else 0.0,
+        "invalid_json": f["invalid_json"]["count"],
+        "truncated": f["truncated"]["count"],
+        "ungrounded": f["ungrounded"]["count"],
+        "records": n,
+        "records_per_s": (r.get("throughput") or {}).get("records_per_s"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="base model folder or .gguf")
+    ap.add_argument("--model-name", default="Qwen2.5-Coder-0.5B-Instruct (official Q4_K_M GGUF, dequantized to bf16)")
+    ap.add_argument("--corpus", default="ncbi-disease")
+    ap.add_argument("--config", default=str(ROOT / "sft/configs/qwen2.5-0.5b-cpu.yaml"))
+    ap.add_argument("--train-examples", type=int, default=480, help="seeded subset of training pairs (0 = all)")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--adapter", help="use this adapter instead of training one")
+    ap.add_argument("--limit", type=int, help="first N test records (default: the full split)")
+    ap.add_argument("--run-dir", default="runs/bench")
+    ap.add_argument("--skip-zero-shot", action="store_true")
+    a = ap.parse_args()
+    run_dir = Path(a.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / f"{a.corpus}.log"
+    timings = {}
+    if a.adapter:
+        adapter = Path(a.adapter)
+        sft_dir = adapter.parent
+    else:
+        sft_dir = run_dir / f"sft-{a.corpus}"
+        timings["sft_wall_s"] = medner("sft", "train", "--config", a.config, f"model={a.model}", f"corpora=[{a.corpus}]",
+                                       f"max_train_examples={a.train_examples or 'null'}", f"num_epochs={a.epochs}", f"output_dir={sft_dir}", log=log)
+        adapter = sft_dir / "adapter"
+    summary = json.loads((sft_dir / "summary.json").read_text()) if (sft_dir / "summary.json").is_file() else {}
+    manifest = json.loads((adapter / "data_manifest.json").read_text()) if (adapter / "data_manifest.json").is_file() else {}
+    limit = [f"limit={a.limit}"] if a.limit else []
+    runs = {"ft": run_dir / f"eval-{a.corpus}-ft", "free": run_dir / f"eval-{a.corpus}-ft-free", "zs": run_dir / f"eval-{a.corpus}-zero-shot"}
+    cfg = str(ROOT / "eval/configs/default.yaml")
+    with server(a.model, str(adapter), a.corpus, log) as url:
+        common = ["eval", "run", "--config", cfg, f"url={url}", f"corpus={a.corpus}", "split=test", *limit]
+        timings["eval_constrained_wall_s"] = medner(*common, "served_model=ner", f"out={runs['ft']}", log=log)
+        timings["eval_unconstrained_wall_s"] = medner(*common, "served_model=ner", "constrained=false", f"out={runs['free']}", log=log)
+        if not a.skip_zero_shot:
+            timings["eval_zero_shot_wall_s"] = medner(*common, "served_model=base", f"out={runs['zs']}", log=log)
+    ft, free = summarize(runs["ft"]), summarize(runs["free"])
+    zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
+    ref_name, ref_f1 = PUBLISHED.get(a.corpus, (None, None))
+    metrics = {
+        "f1": ft["f1"],
+        "unconstrained_f1": free["f1"],
+        "zero_shot_f1": zs["f1"] if zs else None,
+        "f1_ci95_low": ft["f1_ci95"][0],
+        "f1_ci95_high": ft["f1_ci95"][1],
+        "precision": ft["precision"],
+        "recall": ft["recall"],
+        "unconstrained_parse_rate": free["parse_rate"],
+        "constrained_parse_rate": ft["parse_rate"],
+        "zero_shot_parse_rate": zs["parse_rate"] if zs else None,
+        "test_records": ft["records"],
+        "train_examples": manifest.get("train_examples"),
+        "train_steps": summary.get("steps"),
+        "train_wall_s": summary.get("train_wall_s"),
+        "train_tokens_per_s": summary.get("train_tokens_per_s"),
+        "published_f1": ref_f1,
+    }
+    metrics.update({k: v for k, v in timings.items()})
+    write_result(
+        f"{a.corpus}-accuracy", metrics,
+        command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus} --train-examples {a.train_examples} --epochs {a.epochs}" + (f" --limit {a.limit}" if a.limit else ""),
+        notes=f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU), {manifest.get('train_examples')} seeded training pairs, "
+              f"{summary.get('steps')} steps; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
+              f"(greedy); zero-shot = the same base model without the adapter, schema-constrained; published reference: {ref_name} {ref_f1}.",
+        extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

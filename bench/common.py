@@ -1,0 +1,142 @@
+"""Shared helpers of the benchmarks: machine description, result files, BENCHMARKS.md, a server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {gpu}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_result(name: str, metrics: dict, command: str | None = None, notes: str | None = None, extra: dict | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    res = {
+        "benchmark": name,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": command or " ".join(shlex.quote(a) for a in ["python", "-m", *sys.argv]),
+        "git_commit": git_commit(),
+        "metrics": metrics,
+    }
+    if notes:
+        res["notes"] = notes
+    if extra:
+        res.update(extra)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+    update_table()
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def update_table() -> None:
+    """Regenerate the results table in BENCHMARKS.md (between its markers) from bench/results/*.json."""
+    doc = ROOT / "BENCHMARKS.md"
+    rows = ["| benchmark | figures | machine | date | command |", "|---|---|---|---|---|"]
+    for p in sorted(RESULTS.glob("*.json")):
+        r = json.loads(p.read_text())
+        figs = "; ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items() if not isinstance(v, (dict, list)))
+        rows.append(f"| [{r['benchmark']}](bench/results/{p.name}) | {figs} | {r['machine']} | {r['date'][:10]} | `{r['command']}` |")
+    table = "\n".join(rows)
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
+    pre, rest = text.split(start, 1)
+    _, post = rest.split(end, 1)
+    doc.write_text(f"{pre}{start}\n{table}\n{end}{post}")
+
+
+def medner(*args: str, log: Path | None = None, check: bool = True) -> float:
+    """Run a medner command; returns its wall time in seconds."""
+    t = time.perf_counter()
+    print("+ medner " + " ".join(args), flush=True)
+    if log:
+        with log.open("a") as fh:
+            proc = subprocess.run([sys.executable, "-m", "medner.cli", *args], stdout=fh, stderr=subprocess.STDOUT)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "medner.cli", *args])
+    if check and proc.returncode != 0:
+        raise SystemExit(f"medner {' '.join(args)} failed ({proc.returncode})" + (f"; see {log}" if log else ""))
+    return time.perf_counter() - t
+
+
+@contextmanager
+def server(model: str, adapter: str | None, corpus: str, log: Path, extra: tuple[str, ...] = ()):
+    """A real `medner serve` for the duration of the block; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["serve", "--config", str(ROOT / "serve/configs/default.yaml"), f"model={model}", f"adapter={adapter if adapter else 'null'}", f"port={port}", f"corpus={corpus}", *extra]
+    print("+ medner " + " ".join(args), flush=True)
+    with log.open("a") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "medner.cli", *args], stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 900
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited; see {log}")
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise SystemExit("server not ready in 900 s")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text())

@@ -1,0 +1,83 @@
+"""Eval throughput, side by side on the same records, model and machine: vLLM (offline engine and
+server) against the harness's plain-transformers `generate` baseline at its best batch size, the cost
+of schema-constrained decoding, and the effect of prefix caching. Recorded as `eval-speed`.
+
+    python -m bench.eval_speed --model PATH [--adapter ADAPTER] [--n 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.common import ROOT, medner, report, server, write_result
+
+
+def rps(run: Path) -> dict:
+    r = report(run)
+    t = r["throughput"]
+    f = r["failures"]
+    return {"records_per_s": t["records_per_s"], "output_tokens_per_s": t["output_tokens_per_s"], "latency_p50_s": t["latency_p50_s"],
+            "latency_p95_s": t["latency_p95_s"], "f1": r["seqeval"]["micro"]["f1"],
+            "not_parsed": f["invalid_json"]["count"] + f["schema_violation"]["count"] + f["truncated"]["count"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--model-name", default="Qwen2.5-Coder-0.5B-Instruct (official Q4_K_M GGUF, dequantized to bf16)")
+    ap.add_argument("--adapter", help="LoRA adapter (default: the base model alone)")
+    ap.add_argument("--corpus", default="ncbi-disease")
+    ap.add_argument("--n", type=int, default=64, help="test records")
+    ap.add_argument("--hf-batch-sizes", default="8,16,32")
+    ap.add_argument("--run-dir", default="runs/bench/speed")
+    a = ap.parse_args()
+    d = Path(a.run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    log = d / "speed.log"
+    cfg = str(ROOT / "eval/configs/default.yaml")
+    base = ["eval", "run", "--config", cfg, f"corpus={a.corpus}", f"limit={a.n}", "resume=false", "bootstrap=0"]
+    model = [f"model={a.model}", f"adapter={a.adapter or 'null'}"]
+    res: dict[str, dict] = {}
+    for bs in [int(x) for x in a.hf_batch_sizes.split(",")]:
+        medner(*base, "backend=hf", *model, f"batch_size={bs}", f"out={d / f'hf-bs{bs}'}", log=log)
+        res[f"hf_bs{bs}"] = rps(d / f"hf-bs{bs}")
+    medner(*base, "backend=vllm", *model, f"batch_size={a.n}", f"out={d / 'vllm'}", log=log)
+    res["vllm_offline"] = rps(d / "vllm")
+    medner(*base, "backend=vllm", *model, f"batch_size={a.n}", "constrained=false", f"out={d / 'vllm-free'}", log=log)
+    res["vllm_offline_free"] = rps(d / "vllm-free")
+    medner(*base, "backend=vllm", *model, f"batch_size={a.n}", "enable_prefix_caching=false", f"out={d / 'vllm-noprefix'}", log=log)
+    res["vllm_offline_no_prefix_cache"] = rps(d / "vllm-noprefix")
+    with server(a.model, a.adapter, a.corpus, log) as url:
+        name = "ner" if a.adapter else "base"
+        medner(*base, f"url={url}", f"served_model={name}", "concurrency=32", f"out={d / 'server'}", log=log)
+        res["vllm_server"] = rps(d / "server")
+    best_bs = max((k for k in res if k.startswith("hf_bs")), key=lambda k: res[k]["records_per_s"])
+    hf = res[best_bs]["records_per_s"]
+    metrics = {
+        "vllm_vs_hf": res["vllm_offline"]["records_per_s"] / hf,
+        "server_vs_hf": res["vllm_server"]["records_per_s"] / hf,
+        "constrained_vs_free": res["vllm_offline"]["records_per_s"] / res["vllm_offline_free"]["records_per_s"],
+        "prefix_cache_speedup": res["vllm_offline"]["records_per_s"] / res["vllm_offline_no_prefix_cache"]["records_per_s"],
+        "vllm_offline_records_per_s": res["vllm_offline"]["records_per_s"],
+        "vllm_server_records_per_s": res["vllm_server"]["records_per_s"],
+        "hf_best_records_per_s": hf,
+        "hf_best_batch_size": int(best_bs[5:]),
+        "records": a.n,
+        "gpu_vllm_vs_hf": "not run: no GPU with vLLM on this machine",
+    }
+    write_result(
+        "eval-speed", metrics,
+        command=f"python -m bench.eval_speed --model MODEL{' --adapter ADAPTER' if a.adapter else ''} --n {a.n}",
+        notes=f"model: {a.model_name}{' + the NCBI-disease LoRA adapter' if a.adapter else ''}; first {a.n} {a.corpus} test records, greedy, "
+              "schema-constrained unless named 'free'; all paths run medner's own eval harness (same prompts, windows, bounds, parsing); "
+              "records/s counts prediction time only (model load and engine start excluded).",
+        extra={"runs": res},
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
