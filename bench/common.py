@@ -8,14 +8,13 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from medner.serve.launch import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -108,27 +107,14 @@ def medner(*args: str, log: Path | None = None, check: bool = True) -> float:
 @contextmanager
 def server(model: str, adapter: str | None, corpus: str, log: Path, extra: tuple[str, ...] = ()):
     """A real `medner serve` for the duration of the block; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = ["serve", "--config", str(ROOT / "serve/configs/default.yaml"), f"model={model}", f"adapter={adapter if adapter else 'null'}", f"port={port}", f"corpus={corpus}", *extra]
     print("+ medner " + " ".join(args), flush=True)
     with log.open("a") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "medner.cli", *args], stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 900
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited; see {log}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit("server not ready in 900 s")
-            time.sleep(1)
+        wait_ready(url, proc, 900)
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from medner.serve.launch import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,9 +36,7 @@ def main() -> int:
     if not (tiny / "config.json").is_file():
         medner("sft", "make-tiny", str(tiny))
     medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny}", f"output_dir={out / 'sft'}", f"max_steps={a.steps}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     print(f"+ medner serve (port {port}); log in {out / 'serve.log'}", flush=True)
     with (out / "serve.log").open("w") as log:
@@ -50,18 +46,7 @@ def main() -> int:
             stdout=log, stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.time() + 600
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"the server exited; see {out / 'serve.log'}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit("the server did not come up in 600 s")
-            time.sleep(1)
+        wait_ready(url, server, 600)
         medner("extract", "--url", url, "--model", "ner", "--corpus", "ncbi-disease",
                "Aspirin-induced asthma and hypertension were seen in a patient with asthma.")
         medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={url}", f"limit={a.limit}", f"out={out / 'eval'}")

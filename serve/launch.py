@@ -76,6 +76,15 @@ def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:
     return argv + list(cfg.extra_args)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now on ``host`` (for tests, the demo and benchmarks)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float, api_key: str | None = None) -> dict:
     """Poll ``/v1/models`` until it answers; raise if the process dies or time runs out."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

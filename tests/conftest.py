@@ -49,21 +49,13 @@ def tiny_adapter(tiny_run) -> Path:
     return tiny_run / "adapter"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from medner.serve.launch import free_port, wait_ready  # noqa: E402  (after the offline environment above)
 
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model, tiny_adapter, tmp_path_factory):
     """One real vLLM server (the tiny model + the tiny adapter) for all serving and eval tests."""
     import signal
-    import time
-
-    import httpx
 
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -75,18 +67,10 @@ def vllm_server(tiny_model, tiny_adapter, tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise RuntimeError(f"vLLM server not ready:\n{log.read_text()[-3000:]}")
+        try:
+            wait_ready(url, proc, 600)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)

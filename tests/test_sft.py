@@ -119,3 +119,37 @@ def test_every_config_knob_is_commented_and_known():
         assert lines[0].startswith("#") and any("medner sft train" in l or "make sft" in l for l in lines[:6]), path
         keys = [l.split(":")[0] for l in lines if l and not l.startswith("#") and not l.startswith(" ")]
         assert set(keys) <= names, (path, set(keys) - names)
+
+
+def test_merge_writes_a_plain_model_equal_to_base_plus_adapter(tiny_run, tiny_model, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    run_medner("sft", "merge", "--adapter", str(tiny_run / "adapter"), "--out", str(out), check=True)
+    assert (out / "config.json").is_file() and (out / "medner_run.json").is_file()
+    ids = torch.tensor([[9707, 11, 1879, 0, 1]])
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), tiny_run / "adapter")
+    with torch.no_grad():
+        a, b = merged(ids).logits, peft(ids).logits
+    assert torch.allclose(a, b, atol=5e-2), (a - b).abs().max()
+
+
+def test_run_record_refuses_other_prompt_version(tiny_run, tmp_path):
+    import shutil
+
+    from medner.runrecord import RunRecordError, check_adapter
+
+    ad = tmp_path / "adapter"
+    shutil.copytree(tiny_run / "adapter", ad)
+    rec = json.loads((ad / "medner_run.json").read_text())
+    check_adapter(ad)  # as trained: accepted
+    rec["prompt_version"] = "v0"
+    (ad / "medner_run.json").write_text(json.dumps(rec))
+    with pytest.raises(RunRecordError, match="prompt version 'v0'"):
+        check_adapter(ad)
+    (ad / "medner_run.json").unlink()
+    with pytest.raises(RunRecordError, match="no medner_run.json"):
+        check_adapter(ad)
