@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "sft/configs/qwen2.5-0.5b-cpu.yaml"))
     ap.add_argument("--train-examples", type=int, default=480, help="seeded subset of training pairs (0 = all)")
     ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--train-corpora", help="train on this mixture (comma-separated) instead of --corpus alone")
     ap.add_argument("--adapter", help="use this adapter instead of training one")
     ap.add_argument("--limit", type=int, help="first N test records (default: the full split)")
     ap.add_argument("--run-dir", default="runs/bench")
@@ -59,8 +60,9 @@ def main() -> int:
         adapter = Path(a.adapter)
         sft_dir = adapter.parent
     else:
-        sft_dir = run_dir / f"sft-{a.corpus}"
-        timings["sft_wall_s"] = medner("sft", "train", "--config", a.config, f"model={a.model}", f"corpora=[{a.corpus}]",
+        mix = a.train_corpora or a.corpus
+        sft_dir = run_dir / f"sft-{mix.replace(',', '+')}"
+        timings["sft_wall_s"] = medner("sft", "train", "--config", a.config, f"model={a.model}", f"corpora=[{mix}]",
                                        f"max_train_examples={a.train_examples or 'null'}", f"num_epochs={a.epochs}", f"output_dir={sft_dir}", log=log)
         adapter = sft_dir / "adapter"
     summary = json.loads((sft_dir / "summary.json").read_text()) if (sft_dir / "summary.json").is_file() else {}
@@ -98,8 +100,10 @@ def main() -> int:
     metrics.update({k: v for k, v in timings.items()})
     write_result(
         f"{a.corpus}-accuracy", metrics,
-        command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus} --train-examples {a.train_examples} --epochs {a.epochs}" + (f" --limit {a.limit}" if a.limit else ""),
-        notes=f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU), {manifest.get('train_examples')} seeded training pairs, "
+        command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus} --train-examples {a.train_examples} --epochs {a.epochs}"
+                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --adapter {a.adapter}" if a.adapter else "") + (f" --limit {a.limit}" if a.limit else ""),
+        notes=f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU), {manifest.get('train_examples')} seeded training pairs "
+              f"of {', '.join(sorted({f['corpus'] for f in manifest.get('files', [])}))} (at most 20% with no entities), "
               f"{summary.get('steps')} steps; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
               f"(greedy); zero-shot = the same base model without the adapter, schema-constrained; published reference: {ref_name} {ref_f1}.",
         extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},

@@ -71,7 +71,9 @@ class DevEvalCallback(TrainerCallback):
         report = score([p["_record"] for p in self.pairs], preds, bootstrap=0)
         n = len(self.pairs)
         parsed_ok = sum(1 for v in preds.values() if v["status"] == "ok")
+        gold_mentions = sum(len(p["_record"]["entities"]) for p in self.pairs)
         row = {
+            "dev_all_empty": gold_mentions > 0 and all(not v["entities"] and not v["dropped"] for v in preds.values()),
             "step": state.global_step,
             "dev_f1": report["seqeval"]["micro"]["f1"],
             "dev_parse_rate": parsed_ok / n,
@@ -94,6 +96,8 @@ class DevEvalCallback(TrainerCallback):
         out = []
         if row["dev_parse_rate"] < 0.5:
             out.append(f"step {row['step']}: only {row['dev_parse_rate']:.0%} of dev replies parse as schema-valid JSON")
+        if row.get("dev_all_empty"):
+            out.append(f"step {row['step']}: every dev reply is empty although the dev subset has mentions (the model predicts no entities)")
         if self.best_f1 and self.best_f1 > 0.2 and row["dev_f1"] < 0.5 * self.best_f1:
             out.append(f"step {row['step']}: dev F1 collapsed to {row['dev_f1']:.3f} from a best of {self.best_f1:.3f}")
         return out

@@ -59,11 +59,17 @@ def test_schema_shape_enum_and_no_extras():
 def test_schema_bounded_by_input():
     s = answer_schema(["D"], text="flu and cold", n_tokens=3)
     ent = s["properties"]["entities"]
-    assert ent["maxItems"] == 3 and ent["items"]["properties"]["text"]["maxLength"] == 12
+    assert ent["maxItems"] == 2 and ent["items"]["properties"]["text"]["maxLength"] == 12  # stepped down
+    long = answer_schema(["D"], text="x" * 500, n_tokens=100)["properties"]["entities"]
+    assert long["maxItems"] == 64 and long["items"]["properties"]["text"]["maxLength"] == 96
+    mid = answer_schema(["D"], text="x" * 40, n_tokens=9)["properties"]["entities"]
+    assert mid["maxItems"] == 8 and mid["items"]["properties"]["text"]["maxLength"] == 32
+    assert answer_schema(["D"], text="ab", n_tokens=1)["properties"]["entities"]["items"]["properties"]["text"]["maxLength"] == 2
     assert not jsonschema.Draft202012Validator(s).is_valid({"entities": [{"text": "x" * 13, "type": "D"}]})
+    assert not jsonschema.Draft202012Validator(s).is_valid({"entities": [{"text": "x", "type": "D"}] * 3})
     from medner.tokenizer import token_counter
 
-    worst = answer_json([{"text": "flu and cold", "type": "D"}] * 3)  # the longest reply the schema allows
+    worst = answer_json([{"text": "flu and cold", "type": "D"}] * 2)  # the longest reply the schema allows
     assert max_reply_tokens(s, ["D"]) >= token_counter()(worst)
     assert answer_schema(["D"], text="")["properties"]["entities"]["maxItems"] == 0
 
