@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, help="first N test records (default: the full split)")
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--skip-zero-shot", action="store_true")
+    ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
+    ap.add_argument("--training-note", default="", help="how the --adapter was trained (goes into the result)")
     a = ap.parse_args()
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,22 +66,36 @@ def main() -> int:
         mix = a.train_corpora or a.corpus
         sft_dir = run_dir / f"sft-{mix.replace(',', '+')}"
         timings["sft_wall_s"] = medner("sft", "train", "--config", a.config, f"model={a.model}", f"corpora=[{mix}]",
-                                       f"max_train_examples={a.train_examples or 'null'}", f"num_epochs={a.epochs}", f"output_dir={sft_dir}", log=log)
+                                       f"max_train_examples={a.train_examples or 'null'}", f"num_epochs={a.epochs}", f"output_dir={sft_dir}",
+                                       *a.sft_override, log=log)
         adapter = sft_dir / "adapter"
     summary = json.loads((sft_dir / "summary.json").read_text()) if (sft_dir / "summary.json").is_file() else {}
     manifest = json.loads((adapter / "data_manifest.json").read_text()) if (adapter / "data_manifest.json").is_file() else {}
     limit = [f"limit={a.limit}"] if a.limit else []
-    runs = {"ft": run_dir / f"eval-{a.corpus}-ft", "free": run_dir / f"eval-{a.corpus}-ft-free", "zs": run_dir / f"eval-{a.corpus}-zero-shot"}
+    corpora = a.corpus.split(",")
     cfg = str(ROOT / "eval/configs/default.yaml")
-    with server(a.model, str(adapter), a.corpus, log) as url:
-        common = ["eval", "run", "--config", cfg, f"url={url}", f"corpus={a.corpus}", "split=test", *limit]
-        timings["eval_constrained_wall_s"] = medner(*common, "served_model=ner", f"out={runs['ft']}", log=log)
-        timings["eval_unconstrained_wall_s"] = medner(*common, "served_model=ner", "constrained=false", f"out={runs['free']}", log=log)
-        if not a.skip_zero_shot:
-            timings["eval_zero_shot_wall_s"] = medner(*common, "served_model=base", f"out={runs['zs']}", log=log)
+    runs = {c: {"ft": run_dir / f"eval-{c}-ft", "free": run_dir / f"eval-{c}-ft-free", "zs": run_dir / f"eval-{c}-zero-shot"} for c in corpora}
+    with server(a.model, str(adapter), corpora[0], log) as url:
+        # all runs share one server at the same time: vLLM batches their requests together
+        jobs = {}
+        for c in corpora:
+            common = ["eval", "run", "--config", cfg, f"url={url}", f"corpus={c}", "split=test", "concurrency=8", *limit]
+            jobs[(c, "eval_constrained_wall_s")] = [*common, "served_model=ner", f"out={runs[c]['ft']}"]
+            jobs[(c, "eval_unconstrained_wall_s")] = [*common, "served_model=ner", "constrained=false", f"out={runs[c]['free']}"]
+            if not a.skip_zero_shot:
+                jobs[(c, "eval_zero_shot_wall_s")] = [*common, "served_model=base", f"out={runs[c]['zs']}"]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            futures = {k: pool.submit(medner, *args, log=run_dir / f"{k[0]}-{k[1]}.log") for k, args in jobs.items()}
+            walls = {k: f.result() for k, f in futures.items()}
+    for c in corpora:
+        record(a, c, runs[c], manifest, summary, {**timings, **{k: v for (cc, k), v in walls.items() if cc == c}})
+    return 0
+
+
+def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: dict) -> None:
     ft, free = summarize(runs["ft"]), summarize(runs["free"])
     zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
-    ref_name, ref_f1 = PUBLISHED.get(a.corpus, (None, None))
+    ref_name, ref_f1 = PUBLISHED.get(corpus, (None, None))
     metrics = {
         "f1": ft["f1"],
         "unconstrained_f1": free["f1"],
@@ -99,17 +116,16 @@ def main() -> int:
     }
     metrics.update({k: v for k, v in timings.items()})
     write_result(
-        f"{a.corpus}-accuracy", metrics,
+        f"{corpus}-accuracy", metrics,
         command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus} --train-examples {a.train_examples} --epochs {a.epochs}"
                 + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --adapter {a.adapter}" if a.adapter else "") + (f" --limit {a.limit}" if a.limit else ""),
-        notes=f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU), {manifest.get('train_examples')} seeded training pairs "
+        notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU), {manifest.get('train_examples')} seeded training pairs "
               f"of {', '.join(sorted({f['corpus'] for f in manifest.get('files', [])}))} (at most 20% with no entities), "
               f"{summary.get('steps')} steps; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
-              f"(greedy); zero-shot = the same base model without the adapter, schema-constrained; published reference: {ref_name} {ref_f1}.",
+              f"(greedy; all eval runs shared the server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, schema-constrained; published reference: {ref_name} {ref_f1}.",
         extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
     )
     print(json.dumps(metrics, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -153,3 +153,19 @@ def test_run_record_refuses_other_prompt_version(tiny_run, tmp_path):
     (ad / "medner_run.json").unlink()
     with pytest.raises(RunRecordError, match="no medner_run.json"):
         check_adapter(ad)
+
+
+def test_training_mix_caps_empty_answers_and_is_seeded():
+    from medner.config import load_config
+    from medner.sft.train import EMPTY_ANSWER, SFTSettings, build_datasets
+
+    cfg = load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_train_examples=200", "max_empty_fraction=0.1", "corpora=[ncbi-disease]"])
+    train, dev, manifest = build_datasets(cfg)
+    empty = sum(p["completion"][0]["content"] == EMPTY_ANSWER for p in train)
+    assert len(train) == 200 and empty == 20  # 10% of 200; the natural share in NCBI-disease is 46%
+    again, _, _ = build_datasets(cfg)
+    assert [p["id"] for p in again] == [p["id"] for p in train]
+    natural = load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_train_examples=400", "max_empty_fraction=null"])
+    share = sum(p["completion"][0]["content"] == EMPTY_ANSWER for p in build_datasets(natural)[0]) / 400
+    assert 0.35 < share < 0.55
+    assert {m["split"] for m in manifest} == {"train", "dev"} and all(len(m["sha256"]) == 64 for m in manifest)
