@@ -85,6 +85,26 @@ def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
     return done
 
 
+# what must not change between a run and its resumption (limit, concurrency and the like may)
+SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "split", "constrained", "window_tokens", "max_tokens")
+
+
+def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
+    """Refuse to resume predictions that another setup wrote into the same folder."""
+    import yaml
+
+    old_path = out / "config.resolved.yaml"
+    if not (cfg.resume and old_path.is_file() and (out / "predictions.jsonl").is_file()):
+        return
+    old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
+    changed = [k for k in SETUP_KEYS if k in old and old[k] != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(
+            f"{out} holds predictions of another setup ({', '.join(f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
+            "use another out=, or resume=false to start over"
+        )
+
+
 def _task(cfg: EvalSettings):
     from medner.data.registry import get_corpus
     from medner.serve.client import task_for
@@ -211,6 +231,7 @@ def run(cfg: EvalSettings) -> dict:
         raise ConfigError(f"backend must be server, vllm or hf, not {cfg.backend!r}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_same_setup(cfg, out)
     save_config(cfg, out / "config.resolved.yaml")
     corpus, task = _task(cfg)
     gold = convert(corpus, cfg.split)

@@ -43,6 +43,13 @@ def test_eval_through_the_real_server_and_resume(vllm_server, tmp_path):
     assert {p["id"] for p in preds} == {f"ncbi-disease:test:{i}" for i in range(20)}
 
 
+def test_resume_refuses_predictions_of_another_setup(tmp_path):
+    (tmp_path / "predictions.jsonl").write_text('{"id": "ncbi-disease:test:0", "entities": []}\n')
+    (tmp_path / "config.resolved.yaml").write_text("backend: server\nserved_model: base\ncorpus: ncbi-disease\nsplit: test\n")
+    proc = run_medner("eval", "run", "--config", CFG, "served_model=ner", f"out={tmp_path}", "url=http://127.0.0.1:9/v1")
+    assert proc.returncode == 1 and "holds predictions of another setup (served_model: 'base' -> 'ner')" in proc.stderr
+
+
 def test_eval_zero_shot_base_and_unconstrained(vllm_server, tmp_path):
     out = tmp_path / "zs"
     run_medner("eval", "run", "--config", CFG, f"url={vllm_server}", "served_model=base", "constrained=false", "max_tokens=16", "limit=5", f"out={out}", check=True)
