@@ -20,6 +20,14 @@ from bench.common import ROOT, medner, report, server, write_result
 PUBLISHED = {"ncbi-disease": ("BioBERT v1.1", 0.8971), "cmedqaner": ("MC-BERT", 0.881), "bc5cdr": ("Stanza biomed (one model, both types)", 0.8808)}
 
 
+def _same_raw(a: Path, b: Path) -> float:
+    """Share of records whose raw reply is the same with the adapter and without it."""
+    ra = {json.loads(l)["id"]: json.loads(l)["raw"] for l in (a / "predictions.jsonl").open()}
+    rb = {json.loads(l)["id"]: json.loads(l)["raw"] for l in (b / "predictions.jsonl").open()}
+    both = [k for k in ra if k in rb]
+    return sum(ra[k] == rb[k] for k in both) / len(both) if both else 0.0
+
+
 def summarize(run: Path) -> dict:
     r = report(run)
     f = r["failures"]
@@ -53,6 +61,7 @@ def main() -> int:
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
+    ap.add_argument("--record-only", action="store_true", help="record from the eval run folders already in --run-dir")
     ap.add_argument("--training-note", default="", help="how the --adapter was trained (goes into the result)")
     a = ap.parse_args()
     run_dir = Path(a.run_dir)
@@ -75,6 +84,11 @@ def main() -> int:
     corpora = a.corpus.split(",")
     cfg = str(ROOT / "eval/configs/default.yaml")
     runs = {c: {"ft": run_dir / f"eval-{c}-ft", "free": run_dir / f"eval-{c}-ft-free", "zs": run_dir / f"eval-{c}-zero-shot"} for c in corpora}
+    walls: dict = {}
+    if a.record_only:
+        for c in corpora:
+            record(a, c, runs[c], manifest, summary, timings)
+        return 0
     with server(a.model, str(adapter), corpora[0], log) as url:
         # all runs share one server at the same time: vLLM batches their requests together
         jobs = {}
@@ -96,7 +110,10 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
     ft, free = summarize(runs["ft"]), summarize(runs["free"])
     zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
     ref_name, ref_f1 = PUBLISHED.get(corpus, (None, None))
+    same = _same_raw(runs["ft"], runs["zs"]) if zs else None
     metrics = {
+        # every fine-tuned reply equal to the zero-shot reply means the adapter did not act in serving
+        "adapter_replies_identical_to_zero_shot": same,
         "f1": ft["f1"],
         "unconstrained_f1": free["f1"],
         "zero_shot_f1": zs["f1"] if zs else None,
@@ -125,6 +142,8 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
               f"(greedy; all eval runs shared the server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, schema-constrained; published reference: {ref_name} {ref_f1}.",
         extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
     )
+    if same == 1.0:
+        print(f"WARNING {corpus}: every reply with the adapter equals the zero-shot reply: the adapter had no effect in serving")
     print(json.dumps(metrics, indent=2))
 
 
