@@ -29,6 +29,13 @@ class DevEvalCallback(TrainerCallback):
         self.trainer = None
         self._last_step = -1
 
+    def on_train_begin(self, args, state, control, **kw):
+        self.tokens_at_start = None  # set at the first step: a resumed run starts from the checkpoint's count
+
+    def on_step_begin(self, args, state, control, **kw):
+        if getattr(self, "tokens_at_start", None) is None:
+            self.tokens_at_start = int(state.num_input_tokens_seen or 0)
+
     def on_step_end(self, args, state, control, **kw):
         if self.cfg.eval_steps and state.global_step % self.cfg.eval_steps == 0:
             self.evaluate(state, kw["model"])

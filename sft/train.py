@@ -304,7 +304,7 @@ def train(cfg: SFTSettings) -> Path:
     summary.update(
         steps=trainer.state.global_step,
         train_wall_s=wall,
-        train_tokens=int(trainer.state.num_input_tokens_seen or 0),
+        train_tokens=int(trainer.state.num_input_tokens_seen or 0) - int(getattr(dev_cb, "tokens_at_start", None) or 0),  # this invocation only
         mode=mode,
         device=device,
         dev=dev_cb.history,
