@@ -7,14 +7,13 @@ import json
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from medner.serve.launch import free_port, wait_ready
+from medner import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -106,22 +105,11 @@ def medner(*args: str, log: Path | None = None, check: bool = True) -> float:
 
 @contextmanager
 def server(model: str, adapter: str | None, corpus: str, log: Path, extra: tuple[str, ...] = ()):
-    """A real `medner serve` for the duration of the block; yields its base URL."""
-    port = free_port()
-    args = ["serve", "--config", str(ROOT / "serve/configs/default.yaml"), f"model={model}", f"adapter={adapter if adapter else 'null'}", f"port={port}", f"corpus={corpus}", *extra]
-    print("+ medner " + " ".join(args), flush=True)
-    with log.open("a") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "medner.cli", *args], stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_ready(url, proc, 900)
+    """A real `medner serve` (one model per engine) for the duration of the block; yields its base URL."""
+    overrides = [f"model={model}", f"adapter={adapter if adapter else 'null'}", f"corpus={corpus}", *extra]
+    print("+ medner serve " + " ".join(overrides), flush=True)
+    with procs.medner_server(ROOT / "serve/configs/default.yaml", overrides, log=log) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def report(run_dir: Path) -> dict:

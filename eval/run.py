@@ -1,15 +1,15 @@
 """``medner eval run``: a corpus split -> an extraction backend -> predictions.jsonl -> report.
 
-Backends (``backend=``):
+Backends (``backend=``, see :mod:`medner.eval.backends`):
 
 * ``server``  an OpenAI-compatible endpoint (the vLLM server of ``make serve``), concurrent requests;
-* ``vllm``    vLLM's offline engine in-process (``vllm.LLM``) with the adapter, batched, same schema;
-* ``hf``      plain transformers ``generate`` (batched), schema-constrained through xgrammar's
-              transformers integration (``constrained=false`` says plainly that output is free).
+* ``vllm``    vLLM's offline engine in-process (``vllm.LLM``), same engine settings as the server;
+* ``hf``      plain transformers ``generate`` (batched), schema-constrained through xgrammar with the
+              same answer format (``constrained=false`` says plainly that output is free).
 
-All three build requests with the same planner (windows, bounded schema, ``max_tokens``) and parse
-replies with the same code, so they differ only in how tokens are produced. Long records are windowed
-and stitched back, so there is one prediction per record, joined on the record ``id``.
+All three run through one loop (:func:`medner.eval.backends.predict`): the same planner (windows,
+bounded schema, ``max_tokens``) and the same parser, so they differ only in how tokens are produced.
+Long records are windowed and stitched back: one prediction per record, joined on the record ``id``.
 
 Predictions are appended to ``predictions.jsonl`` as they finish; a run started again with the same
 ``out`` skips the records already there (a line cut short by a kill is discarded and redone).
@@ -40,6 +40,10 @@ class EvalSettings:
     # vllm / hf backends: the base model (folder, .gguf or Hub id) and the adapter folder (null = zero-shot)
     model: str | None = None
     adapter: str | None = None
+    # vllm / hf backends: merge the adapter into the base once (cached) and run the merged model.
+    # auto = merge on a CPU-only machine (LoRA there is slow, and vLLM's CPU build mixes base and adapter
+    # requests), keep LoRA on CUDA. true / false force it.
+    merge: bool | str = "auto"
     corpus: str = "ncbi-disease"
     split: str = "test"
     # first N records (null = the whole split)
@@ -86,7 +90,7 @@ def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
 
 
 # what must not change between a run and its resumption (limit, concurrency and the like may)
-SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "split", "constrained", "window_tokens", "max_tokens")
+SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "split", "constrained", "window_tokens", "max_tokens", "merge")
 
 
 def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
@@ -107,7 +111,7 @@ def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
 
 def _task(cfg: EvalSettings):
     from medner.data.registry import get_corpus
-    from medner.serve.client import task_for
+    from medner.prompts.contract import task_for
 
     corpus = get_corpus(cfg.corpus)
     return corpus, task_for(corpus)
@@ -120,104 +124,23 @@ def _check_adapter(cfg: EvalSettings, corpus, model_dir: Path | None) -> None:
         check_adapter(cfg.adapter, model_dir, corpus)
 
 
-def run_server(cfg: EvalSettings, records: list[dict], task, write) -> float:
-    """Returns the wall time of the predictions (after the server check)."""
-    import asyncio
+def make_backend(cfg: EvalSettings, model_dir: Path | None):
+    """The backend the settings name, loaded and ready (model load / engine start happen here)."""
+    from medner.engine import resolve_merge
+    from medner.eval.backends import HFBackend, ServerBackend, VLLMBackend
 
-    from medner.serve.client import ExtractClient
+    if cfg.backend == "server":
+        from medner.serve.client import ExtractClient
 
-    client = ExtractClient(cfg.url, cfg.served_model, api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
-                           concurrency=cfg.concurrency, window_tokens=cfg.window_tokens, constrained=cfg.constrained,
-                           max_tokens_cap=cfg.max_tokens)
-    client.check_server()
-    items = [{"id": r["id"], "text": r["text"], "token_offsets": r["token_offsets"]} for r in records]
-    t0 = time.perf_counter()
-    asyncio.run(client.extract_many(items, task, progress=True, on_result=lambda i, res: write(res)))
-    return time.perf_counter() - t0
-
-
-def _plans_for(cfg: EvalSettings, records: list[dict], task, tokenizer):
-    from medner.serve.client import plan_requests
-
-    return [plan_requests(r["text"], [tuple(o) for o in r["token_offsets"]], task, cfg.window_tokens, tokenizer,
-                          cfg.max_model_len, cfg.constrained, cfg.max_tokens) if r["text"].strip() else [] for r in records]
-
-
-def _emit(records, all_plans, replies_flat, latency_of, write) -> None:
-    from medner.serve.client import assemble_result
-
-    k = 0
-    for rec, plans in zip(records, all_plans):
-        reps = replies_flat[k : k + len(plans)]
-        k += len(plans)
-        res = {"id": rec["id"], "text": rec["text"], **assemble_result(rec["text"], plans, reps)} if plans else {
-            "id": rec["id"], "text": rec["text"], "entities": [], "dropped": [], "status": "ok", "finish_reason": "stop", "raw": [], "windows": 0, "output_tokens": 0}
-        res["latency_s"] = latency_of(rec)
-        write(res)
-
-
-def run_vllm(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path) -> float:
-    """Returns the wall time of the predictions, after the engine has started."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
-    from vllm import LLM, SamplingParams
-    from vllm.lora.request import LoRARequest
-    from vllm.sampling_params import StructuredOutputsParams
-
-    kwargs = {}
-    if cfg.adapter:
-        rank = json.loads((Path(cfg.adapter) / "adapter_config.json").read_text())["r"]
-        kwargs.update(enable_lora=True, max_lora_rank=max(8, rank))
-    llm = LLM(model=str(model_dir), max_model_len=cfg.max_model_len, dtype="bfloat16", enable_prefix_caching=cfg.enable_prefix_caching,
-              structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}, generation_config="vllm", **kwargs)
-    tokenizer = llm.get_tokenizer()
-    lora = LoRARequest("ner", 1, str(Path(cfg.adapter).resolve())) if cfg.adapter else None
-    t0 = time.perf_counter()
-    for start in range(0, len(records), cfg.batch_size):
-        chunk = records[start : start + cfg.batch_size]
-        plans = _plans_for(cfg, chunk, task, tokenizer)
-        flat = [p for ps in plans for p in ps]
-        params = [
-            SamplingParams(temperature=0, max_tokens=p["max_tokens"],
-                           structured_outputs=StructuredOutputsParams(json=p["schema"]) if cfg.constrained else None)
-            for p in flat
-        ]
-        t = time.perf_counter()
-        outs = llm.chat([p["messages"] for p in flat], params, use_tqdm=False, lora_request=lora) if flat else []
-        dt = time.perf_counter() - t
-        replies = [{"raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason, "output_tokens": len(o.outputs[0].token_ids)} for o in outs]
-        _emit(chunk, plans, replies, lambda r: dt, write)
-    return time.perf_counter() - t0
-
-
-def run_hf(cfg: EvalSettings, records: list[dict], task, write, model_dir: Path) -> float:
-    """Returns the wall time of the predictions, after the model has loaded."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medner.hfgen import generate_batch
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    if cfg.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, cfg.adapter)
-    model.eval()
+        client = ExtractClient(cfg.url, cfg.served_model, api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
+                               concurrency=cfg.concurrency, window_tokens=cfg.window_tokens, constrained=cfg.constrained,
+                               max_tokens_cap=cfg.max_tokens)
+        return ServerBackend(client)
+    if cfg.backend == "vllm":
+        return VLLMBackend(model_dir, cfg.adapter, cfg.merge, cfg.max_model_len, cfg.batch_size, cfg.enable_prefix_caching, cfg.kv_cache_gib)
     if not cfg.constrained:
         log.warning("hf backend with constrained=false: output is unconstrained (free decoding)")
-    t0 = time.perf_counter()
-    for start in range(0, len(records), cfg.batch_size):
-        chunk = records[start : start + cfg.batch_size]
-        plans = _plans_for(cfg, chunk, task, tokenizer)
-        flat = [p for ps in plans for p in ps]
-        t = time.perf_counter()
-        replies = generate_batch(model, tokenizer, [p["messages"] for p in flat], [p["max_tokens"] for p in flat],
-                                 [p["schema"] for p in flat] if cfg.constrained else None) if flat else []
-        dt = time.perf_counter() - t
-        _emit(chunk, plans, replies, lambda r: dt, write)
-    return time.perf_counter() - t0
+    return HFBackend.load(model_dir, cfg.adapter, resolve_merge(cfg.merge), cfg.batch_size, cfg.max_model_len)
 
 
 def run(cfg: EvalSettings) -> dict:
@@ -229,6 +152,12 @@ def run(cfg: EvalSettings) -> dict:
 
     if cfg.backend not in ("server", "vllm", "hf"):
         raise ConfigError(f"backend must be server, vllm or hf, not {cfg.backend!r}")
+    from medner.engine import resolve_merge
+
+    try:
+        resolve_merge(cfg.merge)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out)
@@ -241,7 +170,7 @@ def run(cfg: EvalSettings) -> dict:
     if cfg.backend in ("vllm", "hf"):
         if not cfg.model:
             raise ConfigError(f"backend={cfg.backend} needs model=PATH (the base model)")
-        from medner.sft.models import resolve_model
+        from medner.models import resolve_model
 
         model_dir = resolve_model(cfg.model)
     _check_adapter(cfg, corpus, model_dir)
@@ -253,7 +182,7 @@ def run(cfg: EvalSettings) -> dict:
     todo = [r for r in gold if r["id"] not in done]
     log.info("%s %s: %d records, %d already predicted, %d to go (backend %s)", corpus.name, cfg.split, len(gold), len(done), len(todo), cfg.backend)
     fh = pred_path.open("a", encoding="utf-8")
-    bar = tqdm(total=len(todo), desc="records", unit="rec", disable=cfg.backend == "server")
+    bar = tqdm(total=len(todo), desc="records", unit="rec")
 
     def write(res: dict) -> None:
         fh.write(json.dumps(res, ensure_ascii=False) + "\n")
@@ -263,12 +192,10 @@ def run(cfg: EvalSettings) -> dict:
     wall = 0.0  # prediction time only: model loading and engine start are not part of throughput
     try:
         if todo:
-            if cfg.backend == "server":
-                wall = run_server(cfg, todo, task, write)
-            elif cfg.backend == "vllm":
-                wall = run_vllm(cfg, todo, task, write, model_dir)
-            else:
-                wall = run_hf(cfg, todo, task, write, model_dir)
+            from medner.eval.backends import predict
+
+            backend = make_backend(cfg, model_dir)
+            wall = predict(backend, todo, task, write, cfg.window_tokens, cfg.constrained, cfg.max_tokens)
     finally:
         fh.close()
         bar.close()

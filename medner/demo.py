@@ -10,12 +10,11 @@ not a trained model. ``python -m medner.demo --out DIR --limit N --steps N``.
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from medner.serve.launch import free_port, wait_ready
+from medner import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,23 +35,13 @@ def main() -> int:
     if not (tiny / "config.json").is_file():
         medner("sft", "make-tiny", str(tiny))
     medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny}", f"output_dir={out / 'sft'}", f"max_steps={a.steps}")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    print(f"+ medner serve (port {port}); log in {out / 'serve.log'}", flush=True)
-    with (out / "serve.log").open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "medner.cli", "serve", "--config", str(ROOT / "serve/configs/tiny.yaml"),
-             f"model={tiny}", f"adapter={out / 'sft' / 'adapter'}", f"port={port}"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_ready(url, server, 600)
+    serve_log = out / "serve.log"
+    print(f"+ medner serve (log in {serve_log})", flush=True)
+    serve_args = [f"model={tiny}", f"adapter={out / 'sft' / 'adapter'}"]
+    with procs.medner_server(ROOT / "serve/configs/tiny.yaml", serve_args, log=serve_log, timeout_s=600) as url:
         medner("extract", "--url", url, "--model", "ner", "--corpus", "ncbi-disease",
                "Aspirin-induced asthma and hypertension were seen in a patient with asthma.")
         medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={url}", f"limit={a.limit}", f"out={out / 'eval'}")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
     print(f"\ndemo done: adapter {out / 'sft' / 'adapter'}, report {out / 'eval' / 'report.md'}")
     return 0
 

@@ -1,22 +1,39 @@
 """Batched greedy generation with plain transformers, optionally schema-constrained through xgrammar.
 
-Used by the SFT stage's dev evaluation and by eval's ``hf`` backend (the baseline without vLLM).
+Used by eval's ``hf`` backend (:class:`medner.eval.backends.HFBackend`), which the SFT dev evaluation
+also runs. Grammars are compiled with the answer format's separators
+(:data:`medner.prompts.schema.ANSWER_SEPARATORS`), exactly as vLLM's xgrammar backend compiles them with
+``disable_any_whitespace``; xgrammar's own default would be ``", "`` and ``": "``, a format the model
+never saw in training.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Sequence
 
 import torch
 
+from medner.prompts.schema import ANSWER_SEPARATORS
+
+
+_COMPILERS: dict = {}
+
 
 def _grammar_compiler(tokenizer, vocab_size: int):
+    """One xgrammar compiler per tokenizer (building its token table costs seconds); it caches grammars."""
     import xgrammar as xgr
 
-    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-    return xgr.GrammarCompiler(info)
+    key = (id(tokenizer), vocab_size)
+    if key not in _COMPILERS:
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        _COMPILERS[key] = xgr.GrammarCompiler(info)
+    return _COMPILERS[key]
+
+
+def compile_answer_grammar(compiler, schema: dict):
+    """The decoding constraint for one bounded answer schema, in the one answer format."""
+    return compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=ANSWER_SEPARATORS, strict_mode=True)
 
 
 @torch.no_grad()
@@ -42,7 +59,7 @@ def generate_batch(
         from xgrammar.contrib.hf import LogitsProcessor
 
         compiler = _grammar_compiler(tokenizer, model.config.vocab_size)
-        grammars = [compiler.compile_json_schema(json.dumps(s), any_whitespace=False) for s in schemas]
+        grammars = [compile_answer_grammar(compiler, s) for s in schemas]
         kwargs["logits_processor"] = [LogitsProcessor(grammars)]
     eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     out = model.generate(
@@ -66,22 +83,4 @@ def generate_batch(
             n, stopped = max_new_tokens[i], False
         text = tokenizer.decode(seq[:n], skip_special_tokens=True)
         results.append({"raw": text, "finish_reason": "stop" if stopped else "length", "output_tokens": n})
-    return results
-
-
-def generate_all(model, tokenizer, conversations, max_new_tokens, schemas=None, batch_size: int = 8, progress: bool = False):
-    """:func:`generate_batch` over batches; adds ``latency_s`` (the batch's wall time) to each result."""
-    from tqdm import tqdm
-
-    results: list[dict] = []
-    idx = range(0, len(conversations), batch_size)
-    for start in tqdm(idx, desc="generate", disable=not progress, unit="batch"):
-        sl = slice(start, start + batch_size)
-        mnt = max_new_tokens[sl] if not isinstance(max_new_tokens, int) else max_new_tokens
-        t = time.perf_counter()
-        res = generate_batch(model, tokenizer, conversations[sl], mnt, schemas[sl] if schemas else None)
-        dt = time.perf_counter() - t
-        for r in res:
-            r["latency_s"] = dt
-        results.extend(res)
     return results

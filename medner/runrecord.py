@@ -54,7 +54,7 @@ def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = N
                 f"but the registry now has {corpus.label_names}"
             )
     if base_model_dir is not None:
-        from medner.sft.models import weights_hash
+        from medner.models import weights_hash
 
         want = rec.get("base_model", {}).get("weights_sha256")
         got = weights_hash(Path(base_model_dir))

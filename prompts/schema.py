@@ -28,6 +28,12 @@ import json
 import math
 from typing import Sequence
 
+# The answer format, defined once: compact JSON, keys in the order text, type, no whitespace. Training
+# answers are written with it, replies are parsed from it, and every constrained decoder is compiled
+# with it (vLLM's xgrammar backend with ``disable_any_whitespace`` writes exactly these separators; the
+# transformers path passes them to xgrammar explicitly, whose own default is ", " and ": ").
+ANSWER_SEPARATORS = (",", ":")
+
 DEFAULT_MAX_ENTITIES = 64  # more than any 256-token window of the vendored corpora holds
 DEFAULT_MAX_MENTION_CHARS = 96  # the longest vendored mention is 94 characters (BC5CDR train)
 
@@ -95,4 +101,4 @@ def schema_hash(labels: Sequence[str]) -> str:
 
 def answer_json(entities: Sequence[dict]) -> str:
     """The canonical answer string used as the training target (compact, no extra whitespace)."""
-    return json.dumps({"entities": [{"text": e["text"], "type": e["type"]} for e in entities]}, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps({"entities": [{"text": e["text"], "type": e["type"]} for e in entities]}, ensure_ascii=False, separators=ANSWER_SEPARATORS)

@@ -1,125 +1,31 @@
-"""Extraction client: text -> prompt (prompts/) -> chat completion with the JSON Schema -> grounded entities.
+"""Extraction client: the HTTP side of the request contract, against an OpenAI-compatible server.
 
-Works against any OpenAI-compatible server that honours ``response_format`` with a JSON schema (the
-vLLM server of ``medner serve``). Long texts are split by the data stage's windowing rule (overlapping
-windows for raw input) and the results stitched back with offsets into the original text.
-
-Each request's schema is bounded by its input (:func:`medner.prompts.schema.answer_schema`), and
-``max_tokens`` is derived from that bound and clamped to the server's context window; a window whose
-bound does not fit is split smaller. A reply cut by ``max_tokens`` is reported as ``truncated`` and
-never parsed as "no entities".
+Planning, parsing and stitching are :mod:`medner.prompts.contract`'s (the same code every backend
+uses); this module only sends each planned request as a chat completion with ``response_format`` =
+the plan's JSON schema and returns the reply. Works against any server that honours JSON-schema
+response formats (the vLLM server of ``medner serve``). A reply cut by ``max_tokens`` is reported as
+``truncated`` and never parsed as "no entities".
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from typing import Sequence
 
 import httpx
 
-from medner.data.answer import parse_reply
 from medner.data.ground import simple_token_offsets
-from medner.data.registry import Label
-from medner.data.windows import make_windows, merge_window_entities
-from medner.prompts.render import build_messages
-from medner.prompts.schema import answer_schema, max_reply_tokens
+from medner.prompts.contract import Plan, Reply, Task, assemble_result, plan_requests, task_for
+
+__all__ = ["ExtractClient", "ServerError", "Task", "task_for"]
 
 log = logging.getLogger(__name__)
-
-MIN_WINDOW_TOKENS = 16
 
 
 class ServerError(RuntimeError):
     """The server cannot be reached, is not ready, or refused a request."""
-
-
-@dataclasses.dataclass
-class Task:
-    """What to extract: a label set, its language, and the prompt version."""
-
-    labels: Sequence[Label]
-    lang: str
-
-    @property
-    def label_names(self) -> list[str]:
-        return [lab.name for lab in self.labels]
-
-
-def task_for(corpus=None, labels=None, lang: str = "en") -> Task:
-    """A task from a registered corpus, or from ad-hoc labels (a list of names or {name: description})."""
-    if corpus is not None:
-        return Task(corpus.labels, corpus.lang)
-    if not labels:
-        raise ValueError("give a corpus or a non-empty label set")
-    if isinstance(labels, dict):
-        labs = [Label(str(k), str(k), str(v or "")) for k, v in labels.items()]
-    else:
-        labs = [Label(str(k), str(k), "") for k in labels]
-    if lang not in ("en", "zh"):
-        raise ValueError(f"lang must be 'en' or 'zh', not {lang!r}")
-    return Task(labs, lang)
-
-
-def plan_requests(text: str, offsets, task: Task, cap: int, tokenizer, max_model_len: int, constrained: bool = True, max_tokens_cap: int | None = None) -> list[dict]:
-    """The requests for one text: windows (overlapping, data-stage rule) with their messages, bounded
-    schema and ``max_tokens``. A window whose reply bound does not fit the context is split smaller."""
-
-    def count(t: str) -> int:
-        return len(tokenizer(t, add_special_tokens=False)["input_ids"])
-
-    plans = []
-    for s, e in make_windows(text, offsets, task.lang, count, cap, None):
-        wtext = text[s:e]
-        woffs = [(a - s, b - s) for a, b in offsets if s <= a and b <= e]
-        messages = build_messages(wtext, task.labels, task.lang)
-        schema = answer_schema(task.label_names, wtext, len(woffs))
-        prompt_tokens = count(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        bound = max_reply_tokens(schema, task.label_names) if constrained else 2 * count(wtext) + 64
-        room = max_model_len - prompt_tokens - 8
-        if bound > room and cap > MIN_WINDOW_TOKENS and len(woffs) > 1:
-            for p in plan_requests(wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2), tokenizer, max_model_len, constrained, max_tokens_cap):
-                p["start"] += s
-                plans.append(p)
-            continue
-        max_tokens = max(1, min(bound, room))
-        if max_tokens_cap:
-            max_tokens = min(max_tokens, max_tokens_cap)
-        plans.append({"start": s, "text": wtext, "offsets": woffs, "messages": messages, "schema": schema, "max_tokens": max_tokens, "prompt_tokens": prompt_tokens})
-    return plans
-
-
-def assemble_result(text: str, plans: Sequence[dict], replies: Sequence[dict]) -> dict:
-    """Parse each window's reply (``{"raw", "finish_reason", "output_tokens", "error"?}``), ground it,
-    and stitch the windows back with offsets into ``text``. The first failure names the status."""
-    per_window, raws, statuses, errors, dropped = [], [], [], [], []
-    for p, rep in zip(plans, replies):
-        raws.append(rep["raw"])
-        if rep["finish_reason"] == "error":
-            statuses.append("error")
-            errors.append(rep.get("error") or "request failed")
-            continue
-        parsed = parse_reply(rep["raw"], rep["finish_reason"], p["text"], p["offsets"], p["schema"])
-        statuses.append(parsed["status"])
-        if parsed["error"]:
-            errors.append(parsed["error"])
-        per_window.append((p["start"], parsed["entities"]))
-        dropped += [{**d} for d in parsed["dropped"]]
-    bad = [st for st in statuses if st != "ok"]
-    out = {
-        "entities": merge_window_entities(per_window),
-        "dropped": dropped,
-        "status": bad[0] if bad else "ok",
-        "finish_reason": "length" if any(r["finish_reason"] == "length" for r in replies) else (replies[-1]["finish_reason"] if replies else "stop"),
-        "raw": raws,
-        "windows": len(plans),
-        "output_tokens": sum(r.get("output_tokens") or 0 for r in replies),
-    }
-    if errors:
-        out["error"] = "; ".join(errors)
-    return out
 
 
 class ExtractClient:
@@ -169,17 +75,19 @@ class ExtractClient:
         return models
 
     # -- one text ---------------------------------------------------------------------------------
-    def _plan(self, text: str, offsets, task: Task, cap: int) -> list[dict]:
-        return plan_requests(text, offsets, task, cap, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap)
+    def plan(self, text: str, offsets, task: Task) -> list[Plan]:
+        return plan_requests(text, offsets, task, self.window_tokens, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap)
 
-    async def _complete(self, http: httpx.AsyncClient, plan: dict) -> dict:
+    async def complete(self, http: httpx.AsyncClient, plan: Plan, constrained: bool | None = None) -> Reply:
+        """One planned request -> its reply (``finish_reason: error`` with the HTTP status on refusal)."""
+        constrained = self.constrained if constrained is None else constrained
         body = {
             "model": self.model,
             "messages": plan["messages"],
             "temperature": 0,
             "max_tokens": plan["max_tokens"],
         }
-        if self.constrained:
+        if constrained:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "entities", "schema": plan["schema"], "strict": True}}
         try:
             r = await http.post(f"{self.url}/chat/completions", json=body, headers=self.headers)
@@ -207,8 +115,8 @@ class ExtractClient:
             result.update(finish_reason="stop", raw=[], output_tokens=0, latency_s=0.0)
             return result
         offsets = [tuple(o) for o in offsets] if offsets is not None else simple_token_offsets(text, task.lang)
-        plans = self._plan(text, offsets, task, self.window_tokens)
-        replies = await asyncio.gather(*(self._complete(http, p) for p in plans))
+        plans = self.plan(text, offsets, task)
+        replies = await asyncio.gather(*(self.complete(http, p) for p in plans))
         result.update(assemble_result(text, plans, replies))
         result["latency_s"] = time.perf_counter() - t0
         return result

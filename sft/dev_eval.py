@@ -1,14 +1,18 @@
-"""Dev evaluation during training: generate on a fixed dev subset, score, keep the best adapter.
+"""Dev evaluation during training: the eval harness's ``hf`` backend on a fixed dev subset.
 
-Every ``eval_steps`` steps and at the end of training the model generates (greedy, schema-constrained
-unless ``dev_constrained: false``) on the same dev pairs; replies are parsed, grounded and scored with
-the eval stage's scorer. Dev F1 and the parse rate are logged beside the loss; the adapter with the
-best dev F1 is kept in ``<output_dir>/best``. A run whose replies stop parsing or whose F1 collapses
-is flagged loudly in the log and in ``summary.json``.
+Every ``eval_steps`` steps and at the end of training, the model being trained answers the first
+``dev_examples`` records of each corpus's dev split through :func:`medner.eval.backends.predict` with
+:class:`~medner.eval.backends.HFBackend`: the same planning, decoding constraint, parsing and scoring
+as ``medner eval run backend=hf split=dev limit=N max_tokens=<dev_max_new_tokens>``, so the replies
+are the ones that command gives for the same weights. Predictions go to ``<output_dir>/dev/step-N/``
+(raw replies included, to look at). Dev F1, precision, recall and the parse rate are logged beside the
+loss; the adapter with the best dev F1 is kept in ``<output_dir>/best``. A run whose replies stop parsing,
+are all empty or whose F1 collapses is flagged loudly in the log and in ``summary.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,10 +20,13 @@ from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 
+DEV_MAX_MODEL_LEN = 8192  # as eval's default max_model_len: the same plans as `medner eval run backend=hf`
+
 
 class DevEvalCallback(TrainerCallback):
-    def __init__(self, dev_pairs: list[dict], tokenizer, corpora: dict, out: Path, cfg):
-        self.pairs = dev_pairs
+    def __init__(self, dev_records: dict[str, list[dict]], tokenizer, corpora: dict, out: Path, cfg):
+        self.records = dev_records  # corpus name -> dev records
+        self.out = out
         self.tokenizer = tokenizer
         self.corpora = corpora
         self.cfg = cfg
@@ -45,51 +52,56 @@ class DevEvalCallback(TrainerCallback):
             self.evaluate(state, kw["model"])
 
     def evaluate(self, state, model) -> dict | None:
-        if not self.pairs:
+        if not any(self.records.values()):
             return None
-        from medner.data.answer import parse_reply
+        from medner.eval.backends import HFBackend, predict
         from medner.eval.score import score
-        from medner.hfgen import generate_all
-        from medner.prompts.schema import answer_schema, max_reply_tokens
+        from medner.prompts.contract import task_for
 
         self._last_step = state.global_step
-        schemas, budgets = [], []
-        for p in self.pairs:
-            labels = self.corpora[p["corpus"]].label_names
-            rec = p["_record"]
-            s = answer_schema(labels, rec["text"], len(rec["tokens"]))
-            schemas.append(s)
-            budgets.append(min(self.cfg.dev_max_new_tokens, max_reply_tokens(s, labels)))
-        was_training = model.training
-        model.eval()
-        try:
-            replies = generate_all(
-                model, self.tokenizer, [p["prompt"] for p in self.pairs], budgets,
-                schemas if self.cfg.dev_constrained else None, batch_size=self.cfg.dev_batch_size,
-            )
-        finally:
-            if was_training:
-                model.train()
-        preds = {}
-        for p, s, r in zip(self.pairs, schemas, replies):
-            rec = p["_record"]
-            parsed = parse_reply(r["raw"], r["finish_reason"], rec["text"], rec["token_offsets"], s)
-            preds[rec["id"]] = {"id": rec["id"], **parsed, "raw": r["raw"]}
-        report = score([p["_record"] for p in self.pairs], preds, bootstrap=0)
-        n = len(self.pairs)
+        backend = HFBackend(model, self.tokenizer, batch_size=self.cfg.dev_batch_size, max_model_len=DEV_MAX_MODEL_LEN)
+        step_dir = self.out / "dev" / f"step-{state.global_step}"
+        step_dir.mkdir(parents=True, exist_ok=True)
+        preds: dict[str, dict] = {}
+        gold: list[dict] = []
+        per_corpus: dict[str, float] = {}
+        with (step_dir / "predictions.jsonl").open("w", encoding="utf-8") as fh:
+
+            def write(res: dict) -> None:
+                preds[res["id"]] = res
+                fh.write(json.dumps(res, ensure_ascii=False) + "\n")
+
+            for name, records in self.records.items():
+                task = task_for(self.corpora[name])
+                predict(backend, records, task, write, self.cfg.window_tokens, self.cfg.dev_constrained, self.cfg.dev_max_new_tokens)
+                gold += records
+                if len(self.records) > 1:
+                    per_corpus[name] = score(records, {r["id"]: preds[r["id"]] for r in records}, bootstrap=0)["seqeval"]["micro"]["f1"]
+        report = score(gold, preds, bootstrap=0)
+        micro = report["seqeval"]["micro"]
+        n = len(gold)
         parsed_ok = sum(1 for v in preds.values() if v["status"] == "ok")
-        gold_mentions = sum(len(p["_record"]["entities"]) for p in self.pairs)
+        gold_mentions = sum(len(r["entities"]) for r in gold)
+        predicted = sum(len(v["entities"]) for v in preds.values())
         row = {
-            "dev_all_empty": gold_mentions > 0 and all(not v["entities"] and not v["dropped"] for v in preds.values()),
             "step": state.global_step,
-            "dev_f1": report["seqeval"]["micro"]["f1"],
+            "dev_f1": micro["f1"],
+            "dev_precision": micro["precision"],
+            "dev_recall": micro["recall"],
             "dev_parse_rate": parsed_ok / n,
             "dev_truncated": report["failures"]["truncated"]["count"],
+            "dev_empty_replies": sum(1 for v in preds.values() if v["status"] == "ok" and not v["entities"] and not v["dropped"]),
+            "dev_predicted_mentions": predicted,
+            "dev_gold_mentions": gold_mentions,
+            "dev_all_empty": gold_mentions > 0 and all(not v["entities"] and not v["dropped"] for v in preds.values()),
             "dev_examples": n,
         }
+        if per_corpus:
+            row["dev_f1_by_corpus"] = per_corpus
         self.history.append(row)
         state.log_history.append({"step": state.global_step, "dev_f1": row["dev_f1"], "dev_parse_rate": row["dev_parse_rate"]})
-        log.info("dev @ step %d: strict F1 %.4f, parsed %d/%d, truncated %d", row["step"], row["dev_f1"], parsed_ok, n, row["dev_truncated"])
+        log.info("dev @ step %d: strict F1 %.4f (P %.3f R %.3f), parsed %d/%d, truncated %d, %d mentions predicted / %d gold",
+                 row["step"], row["dev_f1"], row["dev_precision"], row["dev_recall"], parsed_ok, n, row["dev_truncated"], predicted, gold_mentions)
         if self.best_f1 is None or row["dev_f1"] > self.best_f1:
             self.best_f1 = row["dev_f1"]
             model.save_pretrained(str(self.best_dir))

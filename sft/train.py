@@ -66,9 +66,10 @@ class SFTSettings:
     # checkpoints for resume every N steps; the newest save_total_limit are kept
     save_steps: int = 50
     save_total_limit: int = 2
-    # dev evaluation: every eval_steps steps (0 = only at the end) on the first dev_examples dev pairs
+    # dev evaluation: every eval_steps steps (0 = only at the end) on the first dev_examples records of
+    # each corpus's dev split (null = the whole split), through eval's hf backend
     eval_steps: int = 0
-    dev_examples: int = 32
+    dev_examples: int | None = 32
     dev_batch_size: int = 8
     # schema-constrained dev generation (xgrammar) or free decoding
     dev_constrained: bool = True
@@ -93,27 +94,29 @@ def build_datasets(cfg: SFTSettings):
     from medner.data.pairs import record_to_pairs
     from medner.data.records import convert
     from medner.data.registry import get_corpus
-    from medner.data.windows import window_record
     from medner.tokenizer import token_counter
 
     count = token_counter()
-    train, dev, manifest = [], [], []
+    train, dev, manifest = [], {}, []
     for name in cfg.corpora:
         corpus = get_corpus(name)
-        for split, bucket in ((cfg.train_split, train), (cfg.dev_split, dev)):
+        for split in (cfg.train_split, cfg.dev_split):
             path = corpus.file(split)
             if not path.is_file():
                 raise ConfigError(f"data file missing for {name} {split}: {path}")
             records = convert(corpus, split)
-            pairs = []
-            for rec in records:
-                for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens):
-                    p["corpus"] = name
-                    if split == cfg.dev_split:
-                        p["_record"] = window_record(rec, *p["window"], window_id=p["id"])
-                    pairs.append(p)
-            bucket.extend(pairs)
-            manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": _sha256(path), "records": len(records), "pairs": len(pairs)})
+            if split == cfg.train_split:
+                pairs = []
+                for rec in records:
+                    for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens):
+                        p["corpus"] = name
+                        pairs.append(p)
+                train.extend(pairs)
+                manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": _sha256(path), "records": len(records), "pairs": len(pairs)})
+            else:
+                # the first dev_examples records in file order: the records `medner eval run split=dev limit=N` takes
+                dev[name] = records[: cfg.dev_examples] if cfg.dev_examples is not None else records
+                manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": _sha256(path), "records": len(records), "dev_records_evaluated": len(dev[name])})
     rng = random.Random(cfg.seed)
     rng.shuffle(train)
     if cfg.max_empty_fraction is not None:
@@ -125,9 +128,6 @@ def build_datasets(cfg: SFTSettings):
         train = [p for p in train if id(p) in keep_ids]  # the seeded order, with empties thinned
     if cfg.max_train_examples:
         train = train[: cfg.max_train_examples]
-    rng_dev = random.Random(cfg.seed + 1)
-    rng_dev.shuffle(dev)
-    dev = dev[: cfg.dev_examples]
     return train, dev, manifest
 
 
@@ -214,7 +214,7 @@ def train(cfg: SFTSettings) -> Path:
     from medner.data.registry import get_corpus
     from medner.runrecord import write_record
     from medner.sft.dev_eval import DevEvalCallback
-    from medner.sft.models import resolve_model, tokenizer_hash, weights_hash
+    from medner.models import resolve_model, tokenizer_hash, weights_hash
     from medner.sft.plots import write_loss_curve
 
     if cfg.num_threads:
@@ -229,12 +229,12 @@ def train(cfg: SFTSettings) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
 
-    train_pairs, dev_pairs, manifest = build_datasets(cfg)
+    train_pairs, dev_records, manifest = build_datasets(cfg)
     if not train_pairs:
         raise ConfigError("no training examples")
     longest = check_lengths(train_pairs, tokenizer, cfg.max_length)
-    (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_examples": len(dev_pairs), "longest_example_tokens": longest, "files": manifest}, indent=2) + "\n")
-    log.info("data: %d training pairs (longest %d tokens), %d dev pairs", len(train_pairs), longest, len(dev_pairs))
+    (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_records": sum(len(v) for v in dev_records.values()), "longest_example_tokens": longest, "files": manifest}, indent=2) + "\n")
+    log.info("data: %d training pairs (longest %d tokens), %d dev records", len(train_pairs), longest, sum(len(v) for v in dev_records.values()))
     ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["completion"]} for p in train_pairs])
 
     model, mode = load_model(cfg, model_dir, device)
@@ -272,7 +272,7 @@ def train(cfg: SFTSettings) -> Path:
         disable_tqdm=False,
         include_num_input_tokens_seen=True,
     )
-    dev_cb = DevEvalCallback(dev_pairs, tokenizer, corpora, out, cfg)
+    dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=[dev_cb])
     dev_cb.trainer = trainer
     resume = latest_checkpoint(out)

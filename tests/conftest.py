@@ -49,32 +49,39 @@ def tiny_adapter(tiny_run) -> Path:
     return tiny_run / "adapter"
 
 
-from medner.serve.launch import free_port, wait_ready  # noqa: E402  (after the offline environment above)
+from medner.procs import free_port, medner_server  # noqa: E402  (after the offline environment above)
+
+
+def randomize_lora_b(adapter_dir: Path, seed: int = 0, scale: float = 0.5) -> None:
+    """Give every lora_B matrix random non-zero values: an adapter whose effect on greedy replies is large
+    and deterministic (a briefly trained tiny adapter may change nothing). The run record stays."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    p = adapter_dir / "adapter_model.safetensors"
+    w = load_file(p)
+    g = torch.Generator().manual_seed(seed)
+    for k, v in w.items():
+        if "lora_B" in k:
+            w[k] = (torch.randn(v.shape, generator=g) * scale).to(v.dtype)
+    save_file(w, p)
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_model, tiny_adapter, tmp_path_factory):
-    """One real vLLM server (the tiny model + the tiny adapter) for all serving and eval tests."""
-    import signal
+def strong_adapter(tiny_adapter, tmp_path_factory) -> Path:
+    """A copy of the tiny adapter with random non-zero lora_B (see randomize_lora_b)."""
+    import shutil
 
-    port = free_port()
+    out = tmp_path_factory.mktemp("adapters") / "strong"
+    shutil.copytree(tiny_adapter, out)
+    randomize_lora_b(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, strong_adapter, tmp_path_factory):
+    """One real vLLM server for all serving and eval tests: the tiny model with the strong adapter,
+    merged and served alone as "ner" (the CPU build's rule)."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medner.cli", "serve", "--config", str(ROOT / "serve/configs/tiny.yaml"),
-             f"model={tiny_model}", f"adapter={tiny_adapter}", f"port={port}"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        try:
-            wait_ready(url, proc, 600)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
+    with medner_server(ROOT / "serve/configs/tiny.yaml", [f"model={tiny_model}", f"adapter={strong_adapter}"], log=log, timeout_s=600) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)

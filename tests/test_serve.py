@@ -13,10 +13,11 @@ pytestmark = pytest.mark.slow
 TEXT = "Aspirin-induced asthma and hypertension were seen in a patient with asthma."
 
 
-def test_models_lists_base_and_adapter(vllm_server):
+def test_cpu_server_with_adapter_serves_the_merged_model_alone(vllm_server):
+    # one model per engine on the CPU build: no base beside the adapter that its requests could leak into
     data = httpx.get(f"{vllm_server}/models").json()["data"]
-    ids = {m["id"]: m for m in data}
-    assert "base" in ids and "ner" in ids and ids["ner"]["parent"] == "base"
+    assert [m["id"] for m in data] == ["ner"] and not data[0].get("parent")
+    assert "/merged/" in data[0]["root"]
 
 
 def test_openai_sdk_chat_with_schema_is_valid_and_stops(vllm_server, registry):
@@ -53,7 +54,7 @@ def test_extract_file_jsonl_ids_pass_through_and_chinese(vllm_server, tmp_path):
     f = tmp_path / "in.jsonl"
     f.write_text(json.dumps({"id": "a1", "text": "宝宝出水痘了，需要吃阿昔洛韦吗？"}, ensure_ascii=False) + "\n" + json.dumps({"id": "a2", "text": ""}) + "\n")
     # a zh label set from the registry; the adapter was trained on English, which is fine for a client call
-    proc = run_medner("extract", "--url", vllm_server, "--model", "base", "--corpus", "cmedqaner", "--file", str(f), check=True)
+    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--corpus", "cmedqaner", "--file", str(f), check=True)
     rows = [json.loads(l) for l in proc.stdout.splitlines()]
     assert [r["id"] for r in rows] == ["a1", "a2"]
     assert rows[1]["entities"] == [] and rows[1]["status"] == "ok"  # empty text: no entities, no request
@@ -109,7 +110,7 @@ def test_extract_api_endpoint(vllm_server):
         assert body["text"] == TEXT and body["status"] == "ok"
         for e in body["entities"]:
             assert TEXT[e["start"]:e["end"]] == e["text"]
-        r2 = api.post("/v1/extract", json={"text": "发热三天", "labels": {"symptom": "症状"}, "lang": "zh", "model": "base"})
+        r2 = api.post("/v1/extract", json={"text": "发热三天", "labels": {"symptom": "症状"}, "lang": "zh", "model": "ner"})
         assert r2.status_code == 200 and r2.json()["text"] == "发热三天"
         assert api.post("/v1/extract", json={"text": "x", "corpus": "nope"}).status_code == 422
         assert api.post("/v1/extract", json={"text": "x"}).status_code == 422
@@ -137,12 +138,18 @@ def test_serve_refuses_a_label_set_the_adapter_was_not_trained_on(tiny_model, ti
     assert proc.returncode == 1 and "not on 'cmedqaner'" in proc.stderr
 
 
+def test_serve_refuses_lora_serving_on_the_cpu_build(tiny_model, tiny_adapter):
+    proc = run_medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={tiny_model}", f"adapter={tiny_adapter}", "merge=false", f"port={free_port()}")
+    assert proc.returncode == 1 and "merge=false with an adapter on vLLM's CPU build" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_vllm_argv_is_private_by_default():
     from pathlib import Path
 
     from medner.serve.launch import ServeSettings, vllm_argv
 
-    argv = vllm_argv(ServeSettings(adapter="x", api_key="secret"), Path("/m"))
+    argv = vllm_argv(ServeSettings(api_key="secret"), Path("/m"))
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "--enable-log-requests" not in argv and "secret" not in " ".join(argv)
     assert json.loads(argv[argv.index("--structured-outputs-config") + 1])["disable_any_whitespace"] is True

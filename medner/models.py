@@ -1,4 +1,7 @@
-"""Where base models come from: a Hub id, a local folder or a local GGUF file; and the tiny test model.
+"""Models: where base models come from (a Hub id, a local folder or a local GGUF file), loading a causal LM
+with or without its adapter, merged-model caching, hashes, and the tiny test model.
+
+Every stage (sft, serve, eval) loads models through this module; no stage imports another for it.
 
 * A local folder is used as it is.
 * A local ``.gguf`` file is dequantized once by transformers (``gguf_file=``) into a plain bf16 folder
@@ -13,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 from medner.tokenizer import VENDORED_TOKENIZER
@@ -82,14 +86,7 @@ def gguf_to_folder(gguf: Path) -> Path:
 
 def weights_hash(folder: Path) -> str:
     """sha256 over a model folder's weight files (names and bytes), for run records."""
-    h = hashlib.sha256()
-    files = sorted(list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")))
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return file_hash(sorted(list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))))
 
 
 def tokenizer_hash(folder: Path) -> str:
@@ -101,6 +98,104 @@ def tokenizer_hash(folder: Path) -> str:
     h.update(str(sorted(tok.get_vocab().items())).encode())
     h.update((tok.chat_template or "").encode())
     return h.hexdigest()
+
+
+def file_hash(paths) -> str:
+    """sha256 over files (names and bytes), in the order given."""
+    h = hashlib.sha256()
+    for f in paths:
+        f = Path(f)
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_hash(adapter_dir: str | Path) -> str:
+    """sha256 over an adapter's weights and LoRA config (what a merge depends on, besides the base)."""
+    d = Path(adapter_dir)
+    files = [d / "adapter_config.json"] + sorted(d.glob("adapter_model.*"))
+    missing = [f.name for f in files if not f.is_file()]
+    if missing or len(files) < 2:
+        raise ModelSourceError(f"adapter folder {d} lacks {', '.join(missing) or 'adapter_model.safetensors'} (not a peft adapter)")
+    return file_hash(files)
+
+
+def merge_cache_dir() -> Path:
+    """Where merged models are cached: ``$MEDNER_CACHE_DIR/merged`` (default ``~/.cache/medner/merged``)."""
+    root = os.environ.get("MEDNER_CACHE_DIR") or str(Path.home() / ".cache" / "medner")
+    return Path(root).expanduser() / "merged"
+
+
+def merged_model(adapter_dir: str | Path, base_dir: str | Path) -> Path:
+    """The adapter merged into its unquantized bf16 base, as a plain model folder, built once.
+
+    The folder is keyed by the hashes of the base weights and of the adapter, so a retrained adapter (or
+    another base) gets a new folder and a stale merge is never served. It is written to a temporary name
+    and renamed when complete, so a merge killed half-way is redone, not reused.
+    """
+    base_dir = Path(base_dir)
+    key = hashlib.sha256((weights_hash(base_dir) + adapter_hash(adapter_dir)).encode()).hexdigest()[:16]
+    out = merge_cache_dir() / key
+    if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
+        log.info("merged model (cached): %s", out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{key}.tmp{os.getpid()}")
+    log.info("merging adapter %s into %s -> %s (once)", adapter_dir, base_dir, out)
+    merge_adapter(adapter_dir, base_dir, tmp)
+    if out.exists():  # another process finished the same merge first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def merge_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Path) -> Path:
+    """Merge a LoRA adapter into the bf16 base and save the result (with the adapter's tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.bfloat16)  # unquantized base
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    out = Path(out)
+    merged.save_pretrained(out)
+    tok_src = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_dir
+    AutoTokenizer.from_pretrained(str(tok_src)).save_pretrained(out)
+    for name in ("generation_config.json",):
+        if (Path(base_dir) / name).is_file() and not (out / name).is_file():
+            shutil.copy(Path(base_dir) / name, out / name)
+    return out
+
+
+def on_cpu_build() -> bool:
+    """True when no CUDA GPU is visible: vLLM runs its CPU build (where LoRA serving is slow and mixes
+    base and adapter requests, so adapters are merged instead)."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def load_causal_lm(model_dir: str | Path, adapter: str | Path | None = None, merge: bool = False, device: str | None = None):
+    """(model, tokenizer) for generation: bf16, eval mode, the adapter applied unmerged (peft) or merged."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(model_dir)
+    if adapter and merge:
+        src, adapter = merged_model(adapter, model_dir), None
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.bfloat16)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    return model, tokenizer
 
 
 def make_tiny(out_dir: str | Path, layers: int = 2, hidden: int = 128, seed: int = 0) -> Path:

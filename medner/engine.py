@@ -1,0 +1,116 @@
+"""vLLM engine settings, built once for both the OpenAI-compatible server and the offline engine.
+
+The server (``medner serve``) and eval's ``vllm`` backend must decode the same way, so both take their
+settings from :func:`engine_settings`: the same structured-output backend and whitespace rule (the answer
+format of :mod:`medner.prompts.schema`), the same greedy generation defaults, the same LoRA rank rule.
+:func:`server_argv` writes them as the server's flags, :func:`offline_kwargs` as ``vllm.LLM`` arguments.
+
+The adapter rule (:func:`plan_model`): on vLLM's CPU build an adapter is merged into its base and the
+merged model is served alone. LoRA on the CPU build is 7-11x slower than the merged model, and base
+requests batched with adapter requests were answered with the adapter's weights (measured; the same
+class of bug as vllm-project/vllm#42008). On CUDA, LoRA serving stays the default (``merge=true`` merges).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from medner.prompts.schema import ANSWER_SEPARATORS
+
+# vLLM's xgrammar backend compiles JSON schemas with separators (",", ":") when whitespace is disabled:
+# the answer format every stage uses. The assertion ties the two together.
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+assert ANSWER_SEPARATORS == (",", ":"), "vLLM's disable_any_whitespace writes (',', ':'); keep the answer format equal to it"
+
+
+@dataclasses.dataclass
+class EngineSettings:
+    model: str                      # folder vLLM loads (the base, or the merged model)
+    served_name: str | None         # server: the model id clients send
+    max_model_len: int
+    dtype: str = "bfloat16"
+    max_num_seqs: int = 32
+    enable_prefix_caching: bool = True
+    lora_name: str | None = None    # LoRA serving (CUDA): the adapter's name and folder
+    lora_path: str | None = None
+    max_lora_rank: int = 16
+
+
+def adapter_rank(adapter: str | Path) -> int:
+    return int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+
+
+def lora_rank_bound(rank: int, configured: int = 16) -> int:
+    """vLLM accepts max_lora_rank from a fixed set; the smallest allowed value >= the adapter's rank."""
+    need = max(rank, configured)
+    for allowed in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+        if allowed >= need:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is above what vLLM supports (512)")
+
+
+def resolve_merge(merge: str | bool) -> bool:
+    """``auto`` merges on the CPU build and keeps LoRA on CUDA."""
+    if isinstance(merge, bool):
+        return merge
+    if merge != "auto":
+        raise ValueError(f"merge must be auto, true or false, not {merge!r}")
+    from medner.models import on_cpu_build
+
+    return on_cpu_build()
+
+
+def plan_model(model_dir: Path, adapter: str | None, merge: str | bool) -> tuple[Path, str | None]:
+    """(folder for vLLM to load, adapter to serve as LoRA or None): merges when the rule says so."""
+    if not adapter:
+        return model_dir, None
+    if resolve_merge(merge):
+        from medner.models import merged_model
+
+        return merged_model(adapter, model_dir), None
+    return model_dir, adapter
+
+
+def engine_settings(model_dir: Path, adapter: str | None, merge: str | bool, max_model_len: int, served_name: str | None = None,
+                    lora_name: str = "ner", max_lora_rank: int = 16, **kw) -> EngineSettings:
+    """Settings for one engine that serves exactly the model the caller asked for."""
+    path, lora = plan_model(model_dir, adapter, merge)
+    s = EngineSettings(model=str(path), served_name=served_name, max_model_len=max_model_len, **kw)
+    if lora:
+        s.lora_name, s.lora_path = lora_name, str(Path(lora).resolve())
+        s.max_lora_rank = lora_rank_bound(adapter_rank(lora), max_lora_rank)
+    return s
+
+
+def server_argv(s: EngineSettings, host: str, port: int) -> list[str]:
+    import sys
+
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", s.model,
+        "--host", host,
+        "--port", str(port),
+        "--max-model-len", str(s.max_model_len),
+        "--dtype", s.dtype,
+        "--max-num-seqs", str(s.max_num_seqs),
+        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
+        "--generation-config", "vllm",  # greedy defaults of vLLM, not the checkpoint's sampling settings
+        "--disable-uvicorn-access-log",
+    ]
+    if s.served_name:
+        argv += ["--served-model-name", s.served_name]
+    argv += ["--enable-prefix-caching"] if s.enable_prefix_caching else ["--no-enable-prefix-caching"]
+    if s.lora_path:
+        argv += ["--enable-lora", "--lora-modules", f"{s.lora_name}={s.lora_path}", "--max-lora-rank", str(s.max_lora_rank)]
+    return argv
+
+
+def offline_kwargs(s: EngineSettings) -> dict:
+    kw = dict(model=s.model, max_model_len=s.max_model_len, dtype=s.dtype, max_num_seqs=s.max_num_seqs,
+              enable_prefix_caching=s.enable_prefix_caching, structured_outputs_config=dict(STRUCTURED_OUTPUTS),
+              generation_config="vllm")
+    if s.lora_path:
+        kw.update(enable_lora=True, max_lora_rank=s.max_lora_rank)
+    return kw

@@ -1,0 +1,184 @@
+"""The request contract, pure and typed: task -> plan -> (a backend generates) -> parse -> assemble.
+
+Every path that asks a model for entities goes through these functions: eval's ``hf``, ``vllm`` and
+``server`` backends, the SFT dev evaluation, ``medner extract`` and ``/v1/extract``. They differ only
+in how tokens are produced (see ``medner.eval.backends``), so the prompt, the windows, the bounded
+schema, ``max_tokens`` and the parsing rule cannot drift apart between them.
+
+* :class:`Task`        what to extract: a label set, its language, the prompt version;
+* :func:`plan_requests` one text -> window requests, each with its chat messages, its bounded answer
+                        schema (the decoding constraint) and its ``max_tokens``;
+* :func:`parse_reply`   one reply -> ``ok`` entities (grounded) or a labelled failure;
+* :func:`assemble_result` a text's window replies -> one result with offsets into the text.
+
+The answer format (separators, key order) is :data:`medner.prompts.schema.ANSWER_SEPARATORS`.
+Nothing here does I/O; the tokenizer is passed in (only its counting and chat template are used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Protocol, Sequence, TypedDict
+
+import jsonschema
+
+from medner.data.ground import ground_mentions
+from medner.data.registry import Label
+from medner.data.windows import make_windows, merge_window_entities
+from medner.prompts.render import PROMPT_VERSION, build_messages
+from medner.prompts.schema import answer_schema, max_reply_tokens
+
+MIN_WINDOW_TOKENS = 16
+STATUSES = ("ok", "truncated", "invalid_json", "schema_violation", "error")
+
+
+class ChatTokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the planner uses."""
+
+    def __call__(self, text: str, add_special_tokens: bool = ...) -> dict: ...
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = ..., add_generation_prompt: bool = ...) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What to extract: a label set, its language, and the prompt version the model was trained with."""
+
+    labels: Sequence[Label]
+    lang: str
+    prompt_version: str = PROMPT_VERSION
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+
+def task_for(corpus=None, labels=None, lang: str = "en", prompt_version: str = PROMPT_VERSION) -> Task:
+    """A task from a registered corpus, or from ad-hoc labels (a list of names or {name: description})."""
+    if corpus is not None:
+        return Task(tuple(corpus.labels), corpus.lang, prompt_version)
+    if not labels:
+        raise ValueError("give a corpus or a non-empty label set")
+    if isinstance(labels, dict):
+        labs = [Label(str(k), str(k), str(v or "")) for k, v in labels.items()]
+    else:
+        labs = [Label(str(k), str(k), "") for k in labels]
+    if lang not in ("en", "zh"):
+        raise ValueError(f"lang must be 'en' or 'zh', not {lang!r}")
+    return Task(tuple(labs), lang, prompt_version)
+
+
+class Plan(TypedDict):
+    """One request: a window of a text, offsets relative to the window."""
+
+    start: int
+    text: str
+    offsets: list[tuple[int, int]]
+    messages: list[dict]
+    schema: dict          # the decoding constraint (and the validation schema of the reply)
+    max_tokens: int
+    prompt_tokens: int
+
+
+class Reply(TypedDict, total=False):
+    """What a backend returns per plan."""
+
+    raw: str | None
+    finish_reason: str | None   # stop | length | error
+    output_tokens: int
+    error: str
+
+
+def plan_requests(text: str, offsets: Sequence[Sequence[int]], task: Task, cap: int, tokenizer: ChatTokenizer, max_model_len: int,
+                  constrained: bool = True, max_tokens_cap: int | None = None) -> list[Plan]:
+    """The requests for one text: windows (data-stage rule) with their messages, bounded schema and
+    ``max_tokens``. A window whose reply bound does not fit the context is split smaller.
+
+    Free decoding (``constrained=False``) keeps the schema for validating the reply and gets a budget
+    of twice the window's tokens plus 64 (room for a verbose reply, still finite).
+    """
+    if not text.strip():
+        return []
+    offsets = [tuple(o) for o in offsets]
+
+    def count(t: str) -> int:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+
+    plans: list[Plan] = []
+    for s, e in make_windows(text, offsets, task.lang, count, cap, None):
+        wtext = text[s:e]
+        woffs = [(a - s, b - s) for a, b in offsets if s <= a and b <= e]
+        messages = build_messages(wtext, task.labels, task.lang, task.prompt_version)
+        schema = answer_schema(task.label_names, wtext, len(woffs))
+        prompt_tokens = count(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        bound = max_reply_tokens(schema, task.label_names) if constrained else 2 * count(wtext) + 64
+        room = max_model_len - prompt_tokens - 8
+        if bound > room and cap > MIN_WINDOW_TOKENS and len(woffs) > 1:
+            for p in plan_requests(wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2), tokenizer, max_model_len, constrained, max_tokens_cap):
+                p["start"] += s
+                plans.append(p)
+            continue
+        max_tokens = max(1, min(bound, room))
+        if max_tokens_cap:
+            max_tokens = min(max_tokens, max_tokens_cap)
+        plans.append(Plan(start=s, text=wtext, offsets=woffs, messages=messages, schema=schema, max_tokens=max_tokens, prompt_tokens=prompt_tokens))
+    return plans
+
+
+def parse_reply(raw: str | None, finish_reason: str | None, text: str, token_offsets: Sequence[Sequence[int]], schema: dict) -> dict:
+    """One reply -> ``{"status", "entities", "dropped", "error"}``. Every failure is kept and labelled:
+
+    * ``truncated``         the reply hit ``max_tokens`` (``finish_reason == "length"``); not parsed;
+    * ``invalid_json``      the reply is not JSON;
+    * ``schema_violation``  JSON, but not the answer schema (wrong type label, extra keys, ...);
+    * ``ok``                parsed; mentions grounded, the ones not found in the text listed in ``dropped``.
+    """
+    out: dict = {"status": "ok", "entities": [], "dropped": [], "error": None}
+    if finish_reason == "length":
+        out.update(status="truncated", error="reply hit max_tokens before it ended")
+        return out
+    try:
+        answer = json.loads(raw or "")
+    except json.JSONDecodeError as e:
+        out.update(status="invalid_json", error=f"not valid JSON: {e.msg} at char {e.pos}")
+        return out
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(answer), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].path) or "(root)"
+        out.update(status="schema_violation", error=f"{where}: {errors[0].message}")
+        return out
+    out["entities"], out["dropped"] = ground_mentions(text, answer["entities"], token_offsets)
+    return out
+
+
+def assemble_result(text: str, plans: Sequence[Plan], replies: Sequence[Reply]) -> dict:
+    """Parse each window's reply, ground it, and stitch the windows back with offsets into ``text``.
+    The first failure names the status; an empty text (no plans) is an ``ok`` result without entities."""
+    if len(plans) != len(replies):
+        raise ValueError(f"{len(plans)} plans but {len(replies)} replies")
+    per_window, raws, statuses, errors, dropped = [], [], [], [], []
+    for p, rep in zip(plans, replies):
+        raws.append(rep.get("raw"))
+        if rep.get("finish_reason") == "error":
+            statuses.append("error")
+            errors.append(rep.get("error") or "request failed")
+            continue
+        parsed = parse_reply(rep.get("raw"), rep.get("finish_reason"), p["text"], p["offsets"], p["schema"])
+        statuses.append(parsed["status"])
+        if parsed["error"]:
+            errors.append(parsed["error"])
+        per_window.append((p["start"], parsed["entities"]))
+        dropped += [{**d} for d in parsed["dropped"]]
+    bad = [st for st in statuses if st != "ok"]
+    out = {
+        "entities": merge_window_entities(per_window),
+        "dropped": dropped,
+        "status": bad[0] if bad else "ok",
+        "finish_reason": "length" if any(r.get("finish_reason") == "length" for r in replies) else (replies[-1].get("finish_reason") if replies else "stop"),
+        "raw": raws,
+        "windows": len(plans),
+        "output_tokens": sum(r.get("output_tokens") or 0 for r in replies),
+    }
+    if errors:
+        out["error"] = "; ".join(errors)
+    return out
