@@ -89,18 +89,25 @@ def main() -> int:
         for c in corpora:
             record(a, c, runs[c], manifest, summary, timings)
         return 0
-    with server(a.model, str(adapter), corpora[0], log) as url:
-        # all runs share one server at the same time: vLLM batches their requests together
-        jobs = {}
-        for c in corpora:
-            common = ["eval", "run", "--config", cfg, f"url={url}", f"corpus={c}", "split=test", "concurrency=8", *limit]
-            jobs[(c, "eval_constrained_wall_s")] = [*common, "served_model=ner", f"out={runs[c]['ft']}"]
-            jobs[(c, "eval_unconstrained_wall_s")] = [*common, "served_model=ner", "constrained=false", f"out={runs[c]['free']}"]
-            if not a.skip_zero_shot:
-                jobs[(c, "eval_zero_shot_wall_s")] = [*common, "served_model=base", f"out={runs[c]['zs']}"]
+    # one engine per model, never the fine-tuned and the zero-shot runs on one engine: the fine-tuned model
+    # (merged on the CPU build) first, with its constrained and free runs side by side, then the base alone
+    def run_jobs(jobs: dict) -> None:
         with ThreadPoolExecutor(len(jobs)) as pool:
             futures = {k: pool.submit(medner, *args, log=run_dir / f"{k[0]}-{k[1]}.log") for k, args in jobs.items()}
-            walls = {k: f.result() for k, f in futures.items()}
+            walls.update({k: f.result() for k, f in futures.items()})
+
+    def common(c: str, url: str) -> list[str]:
+        return ["eval", "run", "--config", cfg, f"url={url}", f"corpus={c}", "split=test", "concurrency=8", *limit]
+
+    with server(a.model, str(adapter), corpora[0], log) as url:
+        jobs = {}
+        for c in corpora:
+            jobs[(c, "eval_constrained_wall_s")] = [*common(c, url), "served_model=ner", f"out={runs[c]['ft']}"]
+            jobs[(c, "eval_unconstrained_wall_s")] = [*common(c, url), "served_model=ner", "constrained=false", f"out={runs[c]['free']}"]
+        run_jobs(jobs)
+    if not a.skip_zero_shot:
+        with server(a.model, None, corpora[0], log) as url:
+            run_jobs({(c, "eval_zero_shot_wall_s"): [*common(c, url), "served_model=base", f"out={runs[c]['zs']}"] for c in corpora})
     for c in corpora:
         record(a, c, runs[c], manifest, summary, {**timings, **{k: v for (cc, k), v in walls.items() if cc == c}})
     return 0
@@ -110,7 +117,7 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
     ft, free = summarize(runs["ft"]), summarize(runs["free"])
     zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
     ref_name, ref_f1 = PUBLISHED.get(corpus, (None, None))
-    same = _same_raw(runs["ft"], runs["zs"]) if zs else None
+    same = _same_raw(runs["ft"], runs["zs"]) if zs else None  # a share near 1 means the adapter did not act
     metrics = {
         # every fine-tuned reply equal to the zero-shot reply means the adapter did not act in serving
         "adapter_replies_identical_to_zero_shot": same,
@@ -139,7 +146,7 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
         notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU), {manifest.get('train_examples')} seeded training pairs "
               f"of {', '.join(sorted({f['corpus'] for f in manifest.get('files', [])}))} (at most 20% with no entities), "
               f"{summary.get('steps')} steps; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
-              f"(greedy; all eval runs shared the server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, schema-constrained; published reference: {ref_name} {ref_f1}.",
+              f"(greedy; the constrained and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
         extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
     )
     if same == 1.0:

@@ -2,6 +2,10 @@
 server) against the harness's plain-transformers `generate` baseline at its best batch size, the cost
 of schema-constrained decoding, and the effect of prefix caching. Recorded as `eval-speed`.
 
+Like for like: every path runs the same model (with an adapter on a CPU-only machine: the same merged
+model, merge=auto), and the result records how often transformers and vLLM wrote the very same raw
+reply (`replies_agree`) and both F1s, so a speed ratio is never a ratio of different work.
+
     python -m bench.eval_speed --model PATH [--adapter ADAPTER] [--n 64]
 """
 
@@ -21,6 +25,16 @@ def rps(run: Path) -> dict:
     return {"records_per_s": t["records_per_s"], "output_tokens_per_s": t["output_tokens_per_s"], "latency_p50_s": t["latency_p50_s"],
             "latency_p95_s": t["latency_p95_s"], "f1": r["seqeval"]["micro"]["f1"],
             "not_parsed": f["invalid_json"]["count"] + f["schema_violation"]["count"] + f["truncated"]["count"]}
+
+
+def raw_replies(run: Path) -> dict:
+    return {json.loads(l)["id"]: json.loads(l)["raw"] for l in (run / "predictions.jsonl").open()}
+
+
+def agreement(a: Path, b: Path) -> float:
+    ra, rb = raw_replies(a), raw_replies(b)
+    both = [k for k in ra if k in rb]
+    return sum(ra[k] == rb[k] for k in both) / len(both) if both else 0.0
 
 
 def main() -> int:
@@ -55,8 +69,17 @@ def main() -> int:
         res["vllm_server"] = rps(d / "server")
     best_bs = max((k for k in res if k.startswith("hf_bs")), key=lambda k: res[k]["records_per_s"])
     hf = res[best_bs]["records_per_s"]
+    vllm_best = max(res["vllm_offline"]["records_per_s"], res["vllm_server"]["records_per_s"])
     metrics = {
-        "vllm_vs_hf": res["vllm_offline"]["records_per_s"] / hf,
+        # the same raw reply from transformers (best batch size) and vLLM's offline engine, per record
+        "replies_agree": agreement(d / f"hf-bs{best_bs[5:]}", d / "vllm"),
+        "replies_agree_vllm_server": agreement(d / "vllm", d / "server"),
+        "f1_hf": res[best_bs]["f1"],
+        "f1_vllm": res["vllm_offline"]["f1"],
+        "f1_server": res["vllm_server"]["f1"],
+        # the faster vLLM path (offline engine or server) over the best transformers batch size
+        "vllm_vs_hf": vllm_best / hf,
+        "vllm_offline_vs_hf": res["vllm_offline"]["records_per_s"] / hf,
         "server_vs_hf": res["vllm_server"]["records_per_s"] / hf,
         "constrained_vs_free": res["vllm_offline"]["records_per_s"] / res["vllm_offline_free"]["records_per_s"],
         "prefix_cache_speedup": res["vllm_offline"]["records_per_s"] / res["vllm_offline_no_prefix_cache"]["records_per_s"],
@@ -65,13 +88,15 @@ def main() -> int:
         "hf_best_records_per_s": hf,
         "hf_best_batch_size": int(best_bs[5:]),
         "records": a.n,
+        "merged": bool(a.adapter),
         "gpu_vllm_vs_hf": "not run: no GPU with vLLM on this machine",
     }
     write_result(
         "eval-speed", metrics,
         command=f"python -m bench.eval_speed --model MODEL{' --adapter ADAPTER' if a.adapter else ''} --n {a.n}",
         notes=f"model: {a.model_name}{' + the NCBI-disease LoRA adapter' if a.adapter else ''}; first {a.n} {a.corpus} test records, greedy, "
-              "schema-constrained unless named 'free'; all paths run medner's own eval harness (same prompts, windows, bounds, parsing); "
+              "schema-constrained unless named 'free'; all paths run medner's own eval harness (same prompts, windows, bounds, parsing) "
+              "on the same weights (the adapter merged into the base once, merge=auto on this CPU-only machine); "
               "records/s counts prediction time only (model load and engine start excluded).",
         extra={"runs": res},
     )

@@ -20,7 +20,7 @@ import sys
 
 
 def _data_convert(a: argparse.Namespace) -> int:
-    from medner.data.pairs import records_to_pairs
+    from medner.prompts.pairs import records_to_pairs
     from medner.data.records import convert, write_jsonl
     from medner.data.registry import get_corpus
     from medner.data.stats import format_stats, record_stats

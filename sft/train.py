@@ -91,7 +91,7 @@ EMPTY_ANSWER = '{"entities":[]}'
 
 def build_datasets(cfg: SFTSettings):
     """Training pairs of the mixture, dev pairs (with their records), and the data manifest."""
-    from medner.data.pairs import record_to_pairs
+    from medner.prompts.pairs import record_to_pairs
     from medner.data.records import convert
     from medner.data.registry import get_corpus
     from medner.tokenizer import token_counter

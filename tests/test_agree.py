@@ -34,7 +34,7 @@ def _accepts(schema, text: str) -> bool:
 
 
 def test_transformers_constraint_accepts_the_training_format_only(registry):
-    from medner.data.pairs import record_to_pairs
+    from medner.prompts.pairs import record_to_pairs
     from medner.data.records import convert
     from medner.prompts.schema import answer_schema
     from medner.tokenizer import token_counter

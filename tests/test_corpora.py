@@ -41,7 +41,7 @@ def test_counts_and_bio_round_trip(registry, corpus, split):
 
 
 def test_pairs_are_prompt_completion_and_schema_valid(registry):
-    from medner.data.pairs import records_to_pairs
+    from medner.prompts.pairs import records_to_pairs
     from medner.tokenizer import token_counter
 
     c = registry["bc5cdr"]

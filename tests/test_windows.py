@@ -62,7 +62,7 @@ def test_entities_in_window_are_relative():
 
 
 def test_real_cmedqaner_long_texts_windowed_with_qwen_tokens(registry):
-    from medner.data.pairs import record_to_pairs
+    from medner.prompts.pairs import record_to_pairs
     from medner.data.records import convert
     from medner.tokenizer import token_counter
 
