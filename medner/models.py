@@ -84,9 +84,17 @@ def gguf_to_folder(gguf: Path) -> Path:
     return out.resolve()
 
 
+_HASHES: dict[tuple, str] = {}
+
+
 def weights_hash(folder: Path) -> str:
-    """sha256 over a model folder's weight files (names and bytes), for run records."""
-    return file_hash(sorted(list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))))
+    """sha256 over a model folder's weight files (names and bytes), for run records and merge keys.
+    Memoized per process on the files' names, sizes and mtimes (a 0.5B model is 1 GB to read)."""
+    files = sorted(list(Path(folder).glob("*.safetensors")) + list(Path(folder).glob("*.bin")))
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _HASHES:
+        _HASHES[key] = file_hash(files)
+    return _HASHES[key]
 
 
 def tokenizer_hash(folder: Path) -> str:

@@ -60,9 +60,9 @@ class ServeSettings:
     extra_args: list[str] = dataclasses.field(default_factory=list)
 
 
-def engine_for(cfg: ServeSettings, model_dir: Path):
-    """The engine settings of this server (shared with eval's offline engine, see medner.engine)."""
-    from medner.engine import engine_settings, resolve_merge
+def check_merge(cfg: ServeSettings) -> bool:
+    """Whether the adapter is merged; refuses LoRA serving on the CPU build (one clear line)."""
+    from medner.engine import resolve_merge
 
     merge = resolve_merge(cfg.merge)
     if cfg.adapter and not merge:
@@ -74,6 +74,14 @@ def engine_for(cfg: ServeSettings, model_dir: Path):
                 "requests batched with adapter requests get the adapter's weights (vllm-project/vllm#42008); use merge=auto "
                 "(the merged model under the adapter's name) and a separate `medner serve` without adapter for zero-shot"
             )
+    return merge
+
+
+def engine_for(cfg: ServeSettings, model_dir: Path):
+    """The engine settings of this server (shared with eval's offline engine, see medner.engine)."""
+    from medner.engine import engine_settings
+
+    merge = check_merge(cfg)
     # merged, or no adapter: one model per engine, under the adapter's name when there is an adapter
     name = cfg.adapter_name if (cfg.adapter and merge) else cfg.base_name
     return engine_settings(model_dir, cfg.adapter, merge, cfg.max_model_len, served_name=name, lora_name=cfg.adapter_name,
@@ -89,11 +97,10 @@ def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:
 
 def serve(cfg: ServeSettings) -> int:
     from medner.data.registry import get_corpus
-    from medner.engine import resolve_merge
     from medner.models import resolve_model
     from medner.runrecord import check_adapter
 
-    resolve_merge(cfg.merge)  # a bad value fails before any slow work
+    check_merge(cfg)  # before any slow work
     model_dir = resolve_model(cfg.model)
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
