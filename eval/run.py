@@ -62,6 +62,8 @@ class EvalSettings:
     # vllm backend: CPU KV cache (GiB) and prefix caching of the shared instruction
     kv_cache_gib: int = 2
     enable_prefix_caching: bool = True
+    # vllm backend: KV-cache block size in tokens (null = 32 on a CPU-only machine, vLLM's default on CUDA)
+    block_size: int | None = None
     # bootstrap resamples for the confidence intervals
     bootstrap: int = 1000
     # reports without any text from the records (no snippets, no mention strings)
@@ -137,7 +139,7 @@ def make_backend(cfg: EvalSettings, model_dir: Path | None):
                                max_tokens_cap=cfg.max_tokens)
         return ServerBackend(client)
     if cfg.backend == "vllm":
-        return VLLMBackend(model_dir, cfg.adapter, cfg.merge, cfg.max_model_len, cfg.batch_size, cfg.enable_prefix_caching, cfg.kv_cache_gib)
+        return VLLMBackend(model_dir, cfg.adapter, cfg.merge, cfg.max_model_len, cfg.batch_size, cfg.enable_prefix_caching, cfg.kv_cache_gib, cfg.block_size)
     if not cfg.constrained:
         log.warning("hf backend with constrained=false: output is unconstrained (free decoding)")
     return HFBackend.load(model_dir, cfg.adapter, resolve_merge(cfg.merge), cfg.batch_size, cfg.max_model_len)

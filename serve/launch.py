@@ -49,6 +49,9 @@ class ServeSettings:
     kv_cache_gib: int = 2
     dtype: str = "bfloat16"
     enable_prefix_caching: bool = True
+    # KV-cache block size in tokens; null = 32 on a CPU-only machine (the shared instruction then fills
+    # whole cached blocks; vLLM's CPU default of 128 never reuses it), vLLM's default on CUDA
+    block_size: int | None = None
     max_num_seqs: int = 32
     # corpus whose label set the adapter's run record is checked against
     corpus: str = "ncbi-disease"
@@ -86,7 +89,7 @@ def engine_for(cfg: ServeSettings, model_dir: Path):
     name = cfg.adapter_name if (cfg.adapter and merge) else cfg.base_name
     return engine_settings(model_dir, cfg.adapter, merge, cfg.max_model_len, served_name=name, lora_name=cfg.adapter_name,
                            max_lora_rank=cfg.max_lora_rank, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
-                           enable_prefix_caching=cfg.enable_prefix_caching)
+                           enable_prefix_caching=cfg.enable_prefix_caching, block_size=cfg.block_size)
 
 
 def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:

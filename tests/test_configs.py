@@ -1,0 +1,48 @@
+"""Every shipped config loads (no unknown keys, right types) and names its launch command at the top."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settings(stage: str):
+    if stage == "sft":
+        from medner.sft.train import SFTSettings
+
+        return SFTSettings
+    if stage == "serve":
+        from medner.serve.launch import ServeSettings
+
+        return ServeSettings
+    from medner.eval.run import EvalSettings
+
+    return EvalSettings
+
+
+@pytest.mark.parametrize("path", sorted(p for stage in ("sft", "serve", "eval") for p in (ROOT / stage / "configs").glob("*.yaml")), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_shipped_config_loads(path):
+    from medner.config import load_config
+
+    stage = path.parent.parent.name
+    cfg = load_config(_settings(stage), path)
+    head = path.read_text().splitlines()[:6]
+    assert head[0].startswith("#") and any(f"medner {stage}" in l or f"make {stage}" in l for l in head), path
+    if stage in ("serve", "eval"):
+        assert cfg.merge == "auto"  # the CPU rule: the adapter merged, one model per engine
+
+
+@pytest.mark.parametrize("value,expected", [("auto", "auto"), ("true", True), ("false", False)])
+def test_merge_override_keeps_booleans(value, expected):
+    from medner.config import load_config
+    from medner.serve.launch import ServeSettings
+
+    assert load_config(ServeSettings, None, [f"merge={value}"]).merge == expected
+
+
+def test_bad_merge_value_is_refused_in_one_line(tmp_path):
+    from conftest import run_medner
+
+    proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "merge=sometimes", f"out={tmp_path}")
+    assert proc.returncode == 1 and "merge must be auto, true or false" in proc.stderr
