@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 from concurrent.futures import ThreadPoolExecutor
-import time
 from pathlib import Path
 
 from bench.common import ROOT, medner, report, server, write_result

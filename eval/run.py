@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 from medner.config import ConfigError, save_config

@@ -55,7 +55,6 @@ def generate_batch(
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     kwargs = {}
     if schemas is not None:
-        import xgrammar as xgr
         from xgrammar.contrib.hf import LogitsProcessor
 
         compiler = _grammar_compiler(tokenizer, model.config.vocab_size)

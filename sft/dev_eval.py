@@ -73,7 +73,7 @@ class DevEvalCallback(TrainerCallback):
 
             for name, records in self.records.items():
                 task = task_for(self.corpora[name])
-                predict(backend, records, task, write, self.cfg.window_tokens, self.cfg.dev_constrained, self.cfg.dev_max_new_tokens)
+                predict(backend, records, task, write, self.cfg.window_tokens, self.cfg.dev_constrained, self.cfg.dev_max_new_tokens, warm_up=False)
                 gold += records
                 if len(self.records) > 1:
                     per_corpus[name] = score(records, {r["id"]: preds[r["id"]] for r in records}, bootstrap=0)["seqeval"]["micro"]["f1"]
