@@ -169,3 +169,16 @@ def test_training_mix_caps_empty_answers_and_is_seeded():
     share = sum(p["completion"][0]["content"] == EMPTY_ANSWER for p in build_datasets(natural)[0]) / 400
     assert 0.35 < share < 0.55
     assert {m["split"] for m in manifest} == {"train", "dev"} and all(len(m["sha256"]) == 64 for m in manifest)
+
+
+def test_empty_answer_cap_never_raises_the_share():
+    # a cap, not a quota: on a corpus with fewer empty answers than the cap, the training set is the
+    # data's own (an earlier version topped empties up to the cap and taught cMedQANER empty answers)
+    from medner.config import load_config
+    from medner.sft.train import SFTSettings, build_datasets
+
+    def ids(cap):
+        cfg = load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_train_examples=48", f"max_empty_fraction={cap}", "corpora=[cmedqaner]"])
+        return [p["id"] for p in build_datasets(cfg)[0]]
+
+    assert ids(0.2) == ids("null") and len(ids(0.2)) == 48
