@@ -24,7 +24,7 @@ def _grammar_compiler(tokenizer, vocab_size: int):
     """One xgrammar compiler per tokenizer (building its token table costs seconds); it caches grammars."""
     import xgrammar as xgr
 
-    key = (id(tokenizer), vocab_size)
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), vocab_size)
     if key not in _COMPILERS:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         _COMPILERS[key] = xgr.GrammarCompiler(info)

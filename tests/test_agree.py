@@ -70,17 +70,24 @@ def _raw(out):
 
 
 @pytest.mark.slow
-def test_hf_vllm_and_server_give_the_same_replies(tiny_model, strong_adapter, vllm_server, tmp_path):
+def test_hf_vllm_and_server_give_the_same_replies(tiny_model, agree_adapter, tmp_path):
+    from medner.procs import medner_server
+
     runs = {
-        "hf": ["backend=hf", f"model={tiny_model}", f"adapter={strong_adapter}"],
-        "vllm": ["backend=vllm", f"model={tiny_model}", f"adapter={strong_adapter}", "kv_cache_gib=1"],
+        "hf": ["backend=hf", f"model={tiny_model}", f"adapter={agree_adapter}"],
+        "vllm": ["backend=vllm", f"model={tiny_model}", f"adapter={agree_adapter}", "kv_cache_gib=1"],
         "base": ["backend=vllm", f"model={tiny_model}", "kv_cache_gib=1"],
-        "server": [f"url={vllm_server}", "served_model=ner"],
     }
     raw = {}
-    for name, args in runs.items():
+
+    def ev(name, args):
         run_medner("eval", "run", "--config", CFG, "corpus=ncbi-disease", "split=test", "limit=16", "bootstrap=0", *args, f"out={tmp_path / name}", check=True)
         raw[name] = _raw(tmp_path / name)
+
+    for name, args in runs.items():
+        ev(name, args)
+    with medner_server(ROOT / "serve/configs/tiny.yaml", [f"model={tiny_model}", f"adapter={agree_adapter}"], log=tmp_path / "serve.log", timeout_s=600) as url:
+        ev("server", [f"url={url}", "served_model=ner"])
     ids = sorted(raw["base"])
     same = lambda a, b: sum(raw[a][i] == raw[b][i] for i in ids)  # noqa: E731
     assert len(ids) == 16
