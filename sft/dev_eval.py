@@ -93,7 +93,8 @@ class DevEvalCallback(TrainerCallback):
             "dev_empty_replies": sum(1 for v in preds.values() if v["status"] == "ok" and not v["entities"] and not v["dropped"]),
             "dev_predicted_mentions": predicted,
             "dev_gold_mentions": gold_mentions,
-            "dev_all_empty": gold_mentions > 0 and all(not v["entities"] and not v["dropped"] for v in preds.values()),
+            # parsed and empty, every one (unparsed replies have their own alarm, not this one)
+            "dev_all_empty": gold_mentions > 0 and all(v["status"] == "ok" and not v["entities"] and not v["dropped"] for v in preds.values()),
             "dev_examples": n,
         }
         if per_corpus:
