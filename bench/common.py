@@ -47,8 +47,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_result(name: str, metrics: dict, command: str | None = None, notes: str | None = None, extra: dict | None = None) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, metrics: dict, command: str | None = None, notes: str | None = None, extra: dict | None = None,
+                 results: Path | None = None) -> Path:
+    """``bench/results/<name>.json`` (and the BENCHMARKS.md table); ``results`` = another folder, table untouched."""
+    folder = results or RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
     res = {
         "benchmark": name,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -61,9 +64,10 @@ def write_result(name: str, metrics: dict, command: str | None = None, notes: st
         res["notes"] = notes
     if extra:
         res.update(extra)
-    path = RESULTS / f"{name}.json"
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
-    update_table()
+    if results is None:
+        update_table()
     return path
 
 

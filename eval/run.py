@@ -44,6 +44,9 @@ class EvalSettings:
     # requests), keep LoRA on CUDA. true / false force it.
     merge: bool | str = "auto"
     corpus: str = "ncbi-disease"
+    # prompt templates (null = the adapter's trained version from its run record, or the served model's; v1
+    # for a base model). Another version than the trained one is refused.
+    prompt_version: str | None = None
     split: str = "test"
     # first N records (null = the whole split)
     limit: int | None = None
@@ -91,7 +94,7 @@ def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
 
 
 # what must not change between a run and its resumption (limit, concurrency and the like may)
-SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "split", "constrained", "window_tokens", "max_tokens", "merge")
+SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "prompt_version", "split", "constrained", "window_tokens", "max_tokens", "merge")
 
 
 def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
@@ -110,19 +113,20 @@ def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
         )
 
 
-def _task(cfg: EvalSettings):
-    from medner.data.registry import get_corpus
+def _task(cfg: EvalSettings, corpus, model_dir: Path | None):
+    """The task, with the prompt version the model was trained with (checked against its run record)."""
     from medner.prompts.contract import task_for
+    from medner.runrecord import check_adapter, prompt_version_for
 
-    corpus = get_corpus(cfg.corpus)
-    return corpus, task_for(corpus)
-
-
-def _check_adapter(cfg: EvalSettings, corpus, model_dir: Path | None) -> None:
     if cfg.adapter:
-        from medner.runrecord import check_adapter
-
-        check_adapter(cfg.adapter, model_dir, corpus)
+        version = check_adapter(cfg.adapter, model_dir, corpus, cfg.prompt_version)["prompt_version"]
+    elif cfg.backend == "server":
+        client = make_backend(cfg, None).client
+        client.check_server()
+        version = client.task_version(cfg.prompt_version)
+    else:
+        version = prompt_version_for(cfg.prompt_version, None, str(cfg.model))
+    return task_for(corpus, prompt_version=version)
 
 
 def make_backend(cfg: EvalSettings, model_dir: Path | None):
@@ -163,7 +167,9 @@ def run(cfg: EvalSettings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out)
     save_config(cfg, out / "config.resolved.yaml")
-    corpus, task = _task(cfg)
+    from medner.data.registry import get_corpus
+
+    corpus = get_corpus(cfg.corpus)
     gold = convert(corpus, cfg.split)
     if cfg.limit:
         gold = gold[: cfg.limit]
@@ -174,7 +180,7 @@ def run(cfg: EvalSettings) -> dict:
         from medner.models import resolve_model
 
         model_dir = resolve_model(cfg.model)
-    _check_adapter(cfg, corpus, model_dir)
+    task = _task(cfg, corpus, model_dir)
     pred_path = out / "predictions.jsonl"
     ids = {r["id"] for r in gold}
     done = _load_done(pred_path, ids) if cfg.resume else {}
@@ -206,7 +212,7 @@ def run(cfg: EvalSettings) -> dict:
     report["throughput"] = throughput(fresh, wall if fresh else None)
     if report["throughput"]:
         report["throughput"]["backend"] = cfg.backend
-    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained,
+    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained, "prompt_version": task.prompt_version,
                      "model": cfg.served_model if cfg.backend == "server" else cfg.model, "adapter": cfg.adapter, "resumed_records": len(done)}
     write_report(report, out, with_text=not cfg.no_text)
     return report

@@ -148,6 +148,7 @@ def merged_model(adapter_dir: str | Path, base_dir: str | Path) -> Path:
     out = merge_cache_dir() / key
     if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
         log.info("merged model (cached): %s", out)
+        _copy_record(adapter_dir, out)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{key}.tmp{os.getpid()}")
@@ -175,7 +176,17 @@ def merge_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Path
     for name in ("generation_config.json",):
         if (Path(base_dir) / name).is_file() and not (out / name).is_file():
             shutil.copy(Path(base_dir) / name, out / name)
+    _copy_record(adapter_dir, out)
     return out
+
+
+def _copy_record(adapter_dir: str | Path, merged_dir: Path) -> None:
+    """A merged model keeps its adapter's run record (prompt version, labels): clients read it from the folder."""
+    from medner.runrecord import RECORD_NAME
+
+    src = Path(adapter_dir) / RECORD_NAME
+    if src.is_file() and not (merged_dir / RECORD_NAME).is_file():
+        shutil.copy(src, merged_dir / RECORD_NAME)
 
 
 def on_cpu_build() -> bool:

@@ -1,7 +1,10 @@
 """The run record: what an adapter was trained with, saved as ``medner_run.json`` in the adapter folder.
 
 Serve and eval read it and refuse, with a clear message, a base model, prompt version or label set
-that does not match what the adapter learned.
+that does not match what the adapter learned. A model is always queried with the prompt version it was
+trained with: :func:`prompt_version_for` picks it from the record, and refuses another one asked for.
+A merged model folder carries a copy of its adapter's record, so a client can find it from the served
+model's folder (the ``root`` of its ``/v1/models`` card).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medner.prompts.render import PROMPT_VERSION, template_hash
+from medner.prompts.render import PROMPT_VERSION, prompt_versions, template_hash
 from medner.prompts.schema import schema_hash
 
 RECORD_NAME = "medner_run.json"
@@ -30,17 +33,38 @@ def write_record(adapter_dir: str | Path, record: dict) -> None:
     Path(adapter_dir, RECORD_NAME).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = None, corpus=None) -> dict:
-    """Raise RunRecordError when the adapter does not fit the base model, prompts or corpus in use."""
+def prompt_version_for(requested: str | None, record: dict | None, where: str) -> str:
+    """The prompt version to query a model with: its run record's (refusing another one asked for), or the
+    one asked for, or the default for a model without a record (a base model, zero-shot)."""
+    if record is None:
+        version = requested or PROMPT_VERSION
+        template_hash(version)  # unknown version: one clear error
+        return version
+    trained = record.get("prompt_version", PROMPT_VERSION)
+    if requested and requested != trained:
+        raise RunRecordError(
+            f"{where} was trained with prompt version {trained!r}, not {requested!r}: a model answers well only in the format it "
+            f"learned; leave prompt_version unset (the trained one is used) or retrain with prompt_version={requested}"
+        )
+    return trained
+
+
+def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = None, corpus=None, prompt_version: str | None = None) -> dict:
+    """Raise RunRecordError when the adapter does not fit the base model, prompts or corpus in use
+    (``prompt_version``: one asked for explicitly, refused unless it is the trained one)."""
     rec = read_record(adapter_dir)
     if rec is None:
         raise RunRecordError(f"{adapter_dir}: no {RECORD_NAME}; not an adapter trained by `medner sft train`")
-    if rec.get("prompt_version") != PROMPT_VERSION or rec.get("prompt_template_sha256") != template_hash(rec.get("prompt_version", PROMPT_VERSION)):
+    version = rec.get("prompt_version", PROMPT_VERSION)
+    if version not in prompt_versions():
+        raise RunRecordError(f"{adapter_dir}: trained with prompt version {version!r}, which this medner does not have "
+                             f"({', '.join(prompt_versions())}); use the medner version that trained it")
+    if rec.get("prompt_template_sha256") != template_hash(version):
         raise RunRecordError(
-            f"{adapter_dir}: trained with prompt version {rec.get('prompt_version')!r} "
-            f"(template hash {str(rec.get('prompt_template_sha256'))[:12]}), but this medner renders {PROMPT_VERSION!r} "
-            f"(hash {template_hash()[:12]}); retrain, or use the medner version that trained it"
+            f"{adapter_dir}: trained with prompt version {version!r} (template hash {str(rec.get('prompt_template_sha256'))[:12]}), "
+            f"but this medner's {version!r} templates hash to {template_hash(version)[:12]}; retrain, or use the medner version that trained it"
         )
+    prompt_version_for(prompt_version, rec, str(adapter_dir))
     if corpus is not None:
         trained = rec.get("corpora", {})
         if corpus.name not in trained:

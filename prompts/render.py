@@ -15,7 +15,13 @@ from typing import Sequence
 import jinja2
 
 TEMPLATES = Path(__file__).with_name("templates")
+# the default: descriptive labels and the answer format spelled out, what a zero-shot model needs
 PROMPT_VERSION = "v1"
+
+
+def prompt_versions() -> list[str]:
+    """The prompt versions this medner ships (folders under prompts/templates)."""
+    return sorted(p.name for p in TEMPLATES.iterdir() if p.is_dir() and any(p.glob("*.jinja")))
 
 
 def _env() -> jinja2.Environment:
@@ -42,6 +48,8 @@ def build_messages(text: str, labels: Sequence, lang: str, version: str = PROMPT
 
 def template_hash(version: str = PROMPT_VERSION) -> str:
     """sha256 over the template files of one version: part of every run record."""
+    if version not in prompt_versions():
+        raise ValueError(f"unknown prompt version {version!r}; this medner has {', '.join(prompt_versions())}")
     h = hashlib.sha256()
     for p in sorted((TEMPLATES / version).glob("*.jinja")):
         h.update(p.name.encode() + b"\0" + p.read_bytes())

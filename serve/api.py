@@ -35,11 +35,13 @@ class ExtractRequest(BaseModel):
 def create_app(url: str, model: str, api_key: str | None = None, window_tokens: int = 256) -> FastAPI:
     app = FastAPI(title="medner extraction API", version="1")
     clients: dict[str, ExtractClient] = {}
+    versions: dict[str, str] = {}
 
     def client_for(name: str) -> ExtractClient:
         if name not in clients:
             c = ExtractClient(url, name, api_key=api_key, window_tokens=window_tokens)
             c.check_server()
+            versions[name] = c.task_version(None)  # the served model's trained prompt version (v1 without a record)
             clients[name] = c
         return clients[name]
 
@@ -57,12 +59,15 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
     @app.post("/v1/extract")
     async def extract(req: ExtractRequest):
         try:
+            client = client_for(req.model or model)
+        except ServerError as e:
+            raise HTTPException(503, detail=str(e)) from None
+        try:
             corpus = get_corpus(req.corpus) if req.corpus else None
-            task = task_for(corpus, req.labels, req.lang)
+            task = task_for(corpus, req.labels, req.lang, prompt_version=versions[req.model or model])
         except (RegistryError, ValueError) as e:
             raise HTTPException(422, detail=str(e)) from None
         try:
-            client = client_for(req.model or model)
             async with httpx.AsyncClient(timeout=client.timeout_s) as http:
                 res = await client.extract_one(http, req.text, task)
         except ServerError as e:

@@ -68,11 +68,33 @@ class ExtractClient:
         models = {m["id"]: m for m in r.json().get("data", [])}
         if self.model not in models:
             raise ServerError(f"server at {self.url} does not serve model {self.model!r} (it serves: {', '.join(models)})")
+        self.card = models[self.model]
         if self.max_model_len is None:
             card = models[self.model]
             parent = models.get(card.get("parent") or "", {})  # a LoRA adapter's card leaves it to its base
             self.max_model_len = card.get("max_model_len") or parent.get("max_model_len") or 4096
         return models
+
+    def served_record(self) -> dict | None:
+        """The run record of the served model when its folder is readable here (a merged adapter carries
+        one), else None. Call :meth:`check_server` first."""
+        from pathlib import Path
+
+        from medner.runrecord import read_record
+
+        root = (getattr(self, "card", None) or {}).get("root")
+        try:
+            return read_record(root) if root and Path(root).is_dir() else None
+        except (OSError, ValueError):
+            return None
+
+    def task_version(self, requested: str | None, adapter_dir: str | None = None) -> str:
+        """The prompt version to query the served model with: the run record's (from ``adapter_dir`` when
+        given, else from the served folder), refusing another one asked for; else ``requested`` or v1."""
+        from medner.runrecord import prompt_version_for, read_record
+
+        rec = read_record(adapter_dir) if adapter_dir else self.served_record()
+        return prompt_version_for(requested, rec, f"served model {self.model!r}" if not adapter_dir else adapter_dir)
 
     # -- one text ---------------------------------------------------------------------------------
     def plan(self, text: str, offsets, task: Task) -> list[Plan]:

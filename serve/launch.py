@@ -53,6 +53,9 @@ class ServeSettings:
     # whole cached blocks; vLLM's CPU default of 128 never reuses it), vLLM's default on CUDA
     block_size: int | None = None
     max_num_seqs: int = 32
+    # prompt templates the adapter must have been trained with (null = whatever its run record says; another
+    # version is refused, since clients query the model with the trained one)
+    prompt_version: str | None = None
     # corpus whose label set the adapter's run record is checked against
     corpus: str = "ncbi-disease"
     # refuse an adapter whose run record does not match the base model (weights hash)
@@ -108,7 +111,7 @@ def serve(cfg: ServeSettings) -> int:
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
             raise ValueError(f"adapter folder {cfg.adapter} has no adapter_config.json")
-        rec = check_adapter(cfg.adapter, model_dir if cfg.check_base_model else None, get_corpus(cfg.corpus))
+        rec = check_adapter(cfg.adapter, model_dir if cfg.check_base_model else None, get_corpus(cfg.corpus), cfg.prompt_version)
         log.info("adapter %s: prompt %s, trained on %s", cfg.adapter_name, rec["prompt_version"], ", ".join(rec["corpora"]))
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))

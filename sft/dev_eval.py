@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,7 +25,7 @@ DEV_MAX_MODEL_LEN = 8192  # as eval's default max_model_len: the same plans as `
 
 
 class DevEvalCallback(TrainerCallback):
-    def __init__(self, dev_records: dict[str, list[dict]], tokenizer, corpora: dict, out: Path, cfg):
+    def __init__(self, dev_records: dict[str, list[dict]], tokenizer, corpora: dict, out: Path, cfg, clock=None):
         self.records = dev_records  # corpus name -> dev records
         self.out = out
         self.tokenizer = tokenizer
@@ -35,6 +36,8 @@ class DevEvalCallback(TrainerCallback):
         self.history: list[dict] = []
         self.trainer = None
         self._last_step = -1
+        self.clock = clock  # a WallClock: dev evaluation time is kept out of the training clock
+        self.seconds = 0.0
 
     def on_train_begin(self, args, state, control, **kw):
         self.tokens_at_start = None  # set at the first step: a resumed run starts from the checkpoint's count
@@ -52,6 +55,16 @@ class DevEvalCallback(TrainerCallback):
             self.evaluate(state, kw["model"])
 
     def evaluate(self, state, model) -> dict | None:
+        t0 = time.perf_counter()
+        try:
+            return self._evaluate(state, model)
+        finally:
+            took = time.perf_counter() - t0
+            self.seconds += took
+            if self.clock is not None:
+                self.clock.exclude(took)
+
+    def _evaluate(self, state, model) -> dict | None:
         if not any(self.records.values()):
             return None
         from medner.eval.backends import HFBackend, predict
@@ -72,7 +85,7 @@ class DevEvalCallback(TrainerCallback):
                 fh.write(json.dumps(res, ensure_ascii=False) + "\n")
 
             for name, records in self.records.items():
-                task = task_for(self.corpora[name])
+                task = task_for(self.corpora[name], prompt_version=self.cfg.prompt_version)
                 predict(backend, records, task, write, self.cfg.window_tokens, self.cfg.dev_constrained, self.cfg.dev_max_new_tokens, warm_up=False)
                 gold += records
                 if len(self.records) > 1:

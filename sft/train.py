@@ -40,6 +40,10 @@ class SFTSettings:
     max_empty_fraction: float | None = None
     output_dir: str = "runs/sft"
     seed: int = 42
+    # prompt templates (prompts/templates/<version>): compact-v1 = label names and one line (cheap to train on;
+    # for fine-tuned models), v1 = descriptive labels and the answer format spelled out (for zero-shot). The run
+    # record names it; serve, extract and eval query the adapter with it and refuse another.
+    prompt_version: str = "compact-v1"
     # windowing cap in Qwen2.5 tokens for long texts (data stage rule)
     window_tokens: int = 256
     # longest prompt+answer in tokens; a longer training example stops the run (never truncated)
@@ -63,6 +67,12 @@ class SFTSettings:
     grad_accum: int = 1
     gradient_checkpointing: bool = False
     packing: bool = False
+    # flatten each batch into one sequence without padding (sequences kept apart by position_ids). Needs
+    # FlashAttention (CUDA): with sdpa/eager attention the examples of a batch attend to each other (a test
+    # shows the losses change), so it is refused there
+    padding_free: bool = False
+    # batches of examples of similar length (less padding when padding_free is off)
+    group_by_length: bool = False
     logging_steps: int = 1
     # checkpoints for resume every N steps; the newest save_total_limit are kept
     save_steps: int = 50
@@ -75,6 +85,12 @@ class SFTSettings:
     # schema-constrained dev generation (xgrammar) or free decoding
     dev_constrained: bool = True
     dev_max_new_tokens: int = 256
+    # keep the adapter when the run has seen each of these many training examples (<output_dir>/curve/step-N),
+    # for a learning curve; null = none
+    curve_examples: list[int] | None = None
+    # stop (with a checkpoint, then the usual adapter and dev evaluation) once training has taken this many
+    # seconds over all resumed segments, dev evaluation excluded; null = no budget
+    max_train_wall_s: float | None = None
     # CPU threads for torch (null = torch's default)
     num_threads: int | None = None
 
@@ -109,7 +125,7 @@ def build_datasets(cfg: SFTSettings):
             if split == cfg.train_split:
                 pairs = []
                 for rec in records:
-                    for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens):
+                    for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens, prompt_version=cfg.prompt_version):
                         p["corpus"] = name
                         pairs.append(p)
                 train.extend(pairs)
@@ -138,17 +154,18 @@ def build_datasets(cfg: SFTSettings):
     return train, dev, manifest
 
 
-def check_lengths(pairs: list[dict], tokenizer, max_length: int) -> int:
-    """Longest tokenized example; raises if any exceeds ``max_length`` (nothing is truncated silently)."""
-    longest, worst = 0, None
+def check_lengths(pairs: list[dict], tokenizer, max_length: int) -> tuple[int, float]:
+    """Longest and mean tokenized example; raises if any exceeds ``max_length`` (nothing is truncated silently)."""
+    longest, worst, total = 0, None, 0
     for p in pairs:
         rendered = tokenizer.apply_chat_template(p["prompt"] + p["completion"], tokenize=False)
         n = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        total += n
         if n > longest:
             longest, worst = n, p["id"]
     if longest > max_length:
         raise ConfigError(f"training example {worst} is {longest} tokens, longer than max_length={max_length}; raise max_length or lower window_tokens")
-    return longest
+    return longest, total / max(1, len(pairs))
 
 
 def pick_device(cfg: SFTSettings) -> str:
@@ -216,11 +233,12 @@ def train(cfg: SFTSettings) -> Path:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from medner.prompts.render import PROMPT_VERSION, template_hash
+    from medner.prompts.render import template_hash
     from medner.prompts.schema import schema_hash
     from medner.data.registry import get_corpus
     from medner.runrecord import write_record
     from medner.sft.dev_eval import DevEvalCallback
+    from medner.sft.progress import Snapshots, WallClock
     from medner.models import resolve_model, tokenizer_hash, weights_hash
     from medner.sft.plots import write_loss_curve
 
@@ -230,6 +248,7 @@ def train(cfg: SFTSettings) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.resolved.yaml")
     corpora = {name: get_corpus(name) for name in cfg.corpora}  # fail fast on an unknown corpus
+    template_hash(cfg.prompt_version)  # fail fast on an unknown prompt version
     model_dir = resolve_model(cfg.model)
     device = pick_device(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -239,12 +258,17 @@ def train(cfg: SFTSettings) -> Path:
     train_pairs, dev_records, manifest = build_datasets(cfg)
     if not train_pairs:
         raise ConfigError("no training examples")
-    longest = check_lengths(train_pairs, tokenizer, cfg.max_length)
-    (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_records": sum(len(v) for v in dev_records.values()), "longest_example_tokens": longest, "files": manifest}, indent=2) + "\n")
+    longest, mean_tokens = check_lengths(train_pairs, tokenizer, cfg.max_length)
+    (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_records": sum(len(v) for v in dev_records.values()), "longest_example_tokens": longest,
+                                                        "mean_example_tokens": round(mean_tokens, 1), "prompt_version": cfg.prompt_version, "files": manifest}, indent=2) + "\n")
     log.info("data: %d training pairs (longest %d tokens), %d dev records", len(train_pairs), longest, sum(len(v) for v in dev_records.values()))
     ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["completion"]} for p in train_pairs])
 
     model, mode = load_model(cfg, model_dir, device)
+    attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if cfg.padding_free and not str(attn).startswith("flash_attention"):
+        raise ConfigError(f"padding_free=true needs FlashAttention; this model runs {attn} attention, where the flattened examples "
+                          "would attend to each other; use group_by_length=true to cut padding instead")
     peft_cfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -255,8 +279,11 @@ def train(cfg: SFTSettings) -> Path:
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     args = SFTConfig(
         output_dir=str(out),
-        max_length=cfg.max_length,
+        # check_lengths has already refused any example over max_length; TRL refuses to enforce it padding-free
+        max_length=None if cfg.padding_free else cfg.max_length,
         packing=cfg.packing,
+        padding_free=cfg.padding_free,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         completion_only_loss=True,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
@@ -279,8 +306,29 @@ def train(cfg: SFTSettings) -> Path:
         disable_tqdm=False,
         include_num_input_tokens_seen=True,
     )
-    dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=[dev_cb])
+    def record_for(steps: int) -> dict:
+        return {
+            "medner_run": 1,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "prompt_version": cfg.prompt_version,
+            "prompt_template_sha256": template_hash(cfg.prompt_version),
+            "corpora": {n: {"lang": c.lang, "labels": c.label_names, "schema_sha256": schema_hash(c.label_names)} for n, c in corpora.items()},
+            "window_tokens": cfg.window_tokens,
+            "base_model": {"source": cfg.model, "path": str(model_dir), "weights_sha256": weights_hash(model_dir), "tokenizer_sha256": tokenizer_hash(model_dir)},
+            "training": {"mode": mode, "device": device, "steps": steps, "train_examples": len(train_pairs)},
+        }
+
+    def write_meta(folder: Path, steps: int) -> None:
+        write_record(folder, record_for(steps))
+        tokenizer.save_pretrained(str(folder))
+
+    clock = WallClock(cfg.max_train_wall_s)
+    dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg, clock=clock)
+    callbacks = [clock, dev_cb]
+    if cfg.curve_examples:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        callbacks.insert(1, Snapshots(cfg.curve_examples, cfg.batch_size * cfg.grad_accum * world, out, clock, write_meta))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks)
     dev_cb.trainer = trainer
     resume = latest_checkpoint(out)
     if resume:
@@ -292,16 +340,9 @@ def train(cfg: SFTSettings) -> Path:
     final = out / "adapter"
     trainer.model.save_pretrained(str(final))
     tokenizer.save_pretrained(str(final))
-    record = {
-        "medner_run": 1,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "prompt_version": PROMPT_VERSION,
-        "prompt_template_sha256": template_hash(),
-        "corpora": {n: {"lang": c.lang, "labels": c.label_names, "schema_sha256": schema_hash(c.label_names)} for n, c in corpora.items()},
-        "window_tokens": cfg.window_tokens,
-        "base_model": {"source": cfg.model, "path": str(model_dir), "weights_sha256": weights_hash(model_dir), "tokenizer_sha256": tokenizer_hash(model_dir)},
-        "training": {"mode": mode, "device": device, "steps": trainer.state.global_step, "train_examples": len(train_pairs)},
-    }
+    record = record_for(trainer.state.global_step)
+    examples_seen = trainer.state.global_step * cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))
+    (final / "snapshot.json").write_text(json.dumps({"step": trainer.state.global_step, "examples": examples_seen, "train_wall_s": clock.total}, indent=2) + "\n")
     write_record(final, record)
     shutil.copy(out / "config.resolved.yaml", final / "config.resolved.yaml")
     shutil.copy(out / "data_manifest.json", final / "data_manifest.json")
@@ -310,7 +351,16 @@ def train(cfg: SFTSettings) -> Path:
     summary = write_loss_curve(trainer.state.log_history, out)
     summary.update(
         steps=trainer.state.global_step,
-        train_wall_s=wall,
+        # training seconds over every resumed segment (dev evaluation excluded; see sft/progress.py)
+        train_wall_s=clock.total,
+        stopped_by_budget=clock.stopped_by_budget,
+        segment_wall_s=wall,
+        step_wall_s=[round(x, 3) for x in clock.segment_steps],
+        dev_eval_s=dev_cb.seconds,
+        train_examples=len(train_pairs),
+        examples_seen=examples_seen,
+        mean_example_tokens=round(mean_tokens, 1),
+        prompt_version=cfg.prompt_version,
         train_tokens=int(trainer.state.num_input_tokens_seen or 0) - int(getattr(dev_cb, "tokens_at_start", None) or 0),  # this invocation only
         mode=mode,
         device=device,

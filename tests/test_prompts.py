@@ -7,12 +7,13 @@ import jinja2
 import jsonschema
 import pytest
 
-from medner.prompts.render import PROMPT_VERSION, build_messages
+from medner.prompts.render import PROMPT_VERSION, build_messages, prompt_versions, template_hash
 from medner.prompts.schema import answer_json, answer_schema, max_reply_tokens
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
+@pytest.mark.parametrize("version", ["v1", "compact-v1"])
 @pytest.mark.parametrize(
     "corpus,text",
     [
@@ -21,12 +22,33 @@ GOLDEN = Path(__file__).parent / "golden"
         ("cmedqaner", "宝宝出水痘了，需要吃阿昔洛韦吗？"),
     ],
 )
-def test_golden_prompt(registry, corpus, text):
+def test_golden_prompt(registry, corpus, text, version):
     c = registry[corpus]
-    msgs = build_messages(text, c.labels, c.lang)
-    path = GOLDEN / f"{PROMPT_VERSION}-{corpus}.json"
+    msgs = build_messages(text, c.labels, c.lang, version)
+    path = GOLDEN / f"{version}-{corpus}.json"
     want = json.loads(path.read_text(encoding="utf-8"))
-    assert msgs == want, f"rendered prompt changed; if intended, bump PROMPT_VERSION and regenerate {path}"
+    assert msgs == want, f"rendered prompt changed; if intended, add a new prompt version and regenerate {path}"
+
+
+def test_shipped_prompt_versions_and_default():
+    assert prompt_versions() == ["compact-v1", "v1"] and PROMPT_VERSION == "v1"
+    assert template_hash("v1") != template_hash("compact-v1")
+    with pytest.raises(ValueError, match="unknown prompt version 'v7'; this medner has compact-v1, v1"):
+        template_hash("v7")
+
+
+def test_compact_prompt_is_a_fraction_of_the_descriptive_one(registry):
+    """The point of compact-v1: the fixed part of every training example shrinks (NCBI 121 -> 25 tokens
+    with the chat template; cMedQANER 296 -> 73), while the label names stay in the prompt."""
+    from medner.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    for corpus, most in (("ncbi-disease", 30), ("cmedqaner", 80)):
+        c = registry[corpus]
+        n = {v: len(tok(tok.apply_chat_template(build_messages("x", c.labels, c.lang, v), tokenize=False, add_generation_prompt=True))["input_ids"])
+             for v in ("v1", "compact-v1")}
+        assert n["compact-v1"] <= most and n["compact-v1"] * 3 < n["v1"], n
+        assert all(lab.name in build_messages("x", c.labels, c.lang, "compact-v1")[0]["content"] for lab in c.labels)
 
 
 def test_strict_undefined_fails_loudly(tmp_path, monkeypatch):

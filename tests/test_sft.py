@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def test_tiny_run_writes_a_trained_adapter(tiny_run, tiny_model):
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["dev"] and "QLoRA" in summary["mode"]
     rec = json.loads((ad / "medner_run.json").read_text())
-    assert rec["prompt_version"] == "v1" and rec["corpora"]["ncbi-disease"]["labels"] == ["Disease"]
+    assert rec["prompt_version"] == "compact-v1" and rec["corpora"]["ncbi-disease"]["labels"] == ["Disease"]
     assert len(rec["base_model"]["weights_sha256"]) == 64
     manifest = json.loads((ad / "data_manifest.json").read_text())
     assert manifest["train_examples"] == 256 and {f["split"] for f in manifest["files"]} == {"train", "dev"}
@@ -53,7 +54,7 @@ def test_adapter_loads_in_transformers_and_generates(tiny_run, tiny_model):
 def test_resume_after_sigkill_continues_the_step_counter(tiny_model, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "medner.cli", "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"),
-           f"model={tiny_model}", f"output_dir={out}", "max_steps=8", "save_steps=2", "dev_examples=2"]
+           f"model={tiny_model}", f"output_dir={out}", "max_steps=8", "save_steps=2", "dev_examples=2", "curve_examples=[8,24]"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     try:
@@ -74,6 +75,20 @@ def test_resume_after_sigkill_continues_the_step_counter(tiny_model, tmp_path):
     assert state["global_step"] == 8
     logged = [h["step"] for h in state["log_history"] if "loss" in h]
     assert logged[0] <= 4 and logged[-1] == 8  # the history carried over: the run was continued, not restarted
+    # the training clock adds up both segments: the time recorded at the resumed checkpoint + this segment's steps
+    resumed_at = int(re.search(r"resuming from checkpoint-(\d+)", second.stderr).group(1))
+    first = json.loads((out / f"checkpoint-{resumed_at}" / "trainer_state.json").read_text())["log_history"]
+    before = [h["train_wall_s"] for h in first if "train_wall_s" in h][-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["step_wall_s"]) == 8 - resumed_at
+    assert summary["train_wall_s"] == pytest.approx(before + sum(summary["step_wall_s"]), abs=0.05)
+    assert summary["train_wall_s"] > summary["segment_wall_s"] - summary["dev_eval_s"] - 60 and before > 0
+    # learning-curve snapshots at 8 and 24 examples (batch 4: steps 2 and 6), one in each segment, and the final adapter
+    snaps = {p.parent.name: json.loads(p.read_text()) for p in out.glob("curve/*/snapshot.json")}
+    assert sorted(snaps) == ["step-2", "step-6"] and snaps["step-6"]["examples"] == 24
+    assert snaps["step-2"]["train_wall_s"] < snaps["step-6"]["train_wall_s"] <= summary["train_wall_s"]
+    assert (out / "curve/step-6/adapter_model.safetensors").is_file() and (out / "curve/step-6/medner_run.json").is_file()
+    assert json.loads((out / "adapter/snapshot.json").read_text())["step"] == 8
 
 
 @pytest.mark.parametrize(
@@ -155,6 +170,40 @@ def test_run_record_refuses_other_prompt_version(tiny_run, tmp_path):
         check_adapter(ad)
 
 
+def test_a_model_is_queried_with_its_trained_prompt_version(tiny_run, tmp_path):
+    import shutil
+
+    from medner.runrecord import RunRecordError, check_adapter, prompt_version_for
+    from medner.prompts.render import template_hash
+
+    ad = tmp_path / "adapter"
+    shutil.copytree(tiny_run / "adapter", ad)
+    rec = json.loads((ad / "medner_run.json").read_text())
+    rec.update(prompt_version="compact-v1", prompt_template_sha256=template_hash("compact-v1"))
+    (ad / "medner_run.json").write_text(json.dumps(rec))
+    assert check_adapter(ad)["prompt_version"] == "compact-v1"
+    assert prompt_version_for(None, rec, "x") == "compact-v1"          # unset: the trained one
+    assert prompt_version_for("compact-v1", rec, "x") == "compact-v1"
+    with pytest.raises(RunRecordError, match="trained with prompt version 'compact-v1', not 'v1'"):
+        check_adapter(ad, prompt_version="v1")
+    assert prompt_version_for(None, None, "base") == "v1"              # no record (zero-shot): the default
+    assert prompt_version_for("compact-v1", None, "base") == "compact-v1"
+    with pytest.raises(ValueError, match="unknown prompt version"):
+        prompt_version_for("v9", None, "base")
+    rec["prompt_template_sha256"] = "0" * 64                          # the templates changed since training
+    (ad / "medner_run.json").write_text(json.dumps(rec))
+    with pytest.raises(RunRecordError, match="templates hash to"):
+        check_adapter(ad)
+
+
+def test_eval_refuses_another_prompt_version_in_one_line(tiny_run, tiny_model, tmp_path):
+    proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=hf", f"model={tiny_model}",
+                      f"adapter={tiny_run / 'adapter'}", "prompt_version=v1", "limit=2", f"out={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "trained with prompt version 'compact-v1', not 'v1'" in err[0], proc.stderr[-1500:]
+
+
 def test_training_mix_caps_empty_answers_and_is_seeded():
     from medner.config import load_config
     from medner.sft.train import EMPTY_ANSWER, SFTSettings, build_datasets
@@ -182,3 +231,35 @@ def test_empty_answer_cap_never_raises_the_share():
         return [p["id"] for p in build_datasets(cfg)[0]]
 
     assert ids(0.2) == ids("null") and len(ids(0.2)) == 48
+
+
+def test_padding_free_is_refused_where_it_would_mix_examples(tiny_model, tmp_path):
+    """padding_free flattens a batch into one row kept apart by position_ids only; with sdpa attention (CPU)
+    the later examples then attend to the earlier ones and their losses change. So the config refuses it
+    there. (Should the second half start to fail, transformers keeps flattened examples apart on sdpa, and
+    the refusal can go.)"""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    examples = [{"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [-100] * 4 + [9, 10, 11]},
+                {"input_ids": [12, 13, 14, 15], "labels": [-100] * 2 + [14, 15]},
+                {"input_ids": [16, 17, 18, 19, 20], "labels": [-100] * 3 + [19, 20]}]
+
+    def token_losses(padding_free: bool) -> torch.Tensor:
+        batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)(examples)
+        keys = ("input_ids", "position_ids") if padding_free else ("input_ids", "attention_mask")
+        with torch.no_grad():
+            logits = model(**{k: batch[k] for k in keys}).logits
+        labels = batch["labels"][:, 1:]
+        per = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none", ignore_index=-100)
+        return per[labels != -100]
+
+    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={tmp_path}", "padding_free=true")
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.returncode == 1 and len(err) == 1 and "padding_free=true needs FlashAttention" in err[0], proc.stderr[-1500:]
+    padded, flat = token_losses(False), token_losses(True)
+    assert padded.shape == flat.shape == (7,)
+    assert torch.allclose(padded[:3], flat[:3], atol=1e-4)      # the first example sees only itself either way
+    assert not torch.allclose(padded[3:], flat[3:], atol=1e-3)  # the others see the first: mixed
