@@ -65,8 +65,17 @@ bench-sft-speed: $(STAMP)
 bench-eval-speed: $(STAMP)
 	$(BIN)/python -m bench.eval_speed $(ARGS)
 
+# learning curve on the training split (resumable, <= 3 h of training each), the best adapter on the full test
+# split through the server (constrained, free, zero-shot), then one adapter on the mixture of both corpora
+BUDGET_S ?= 10800
 bench-accuracy: $(STAMP)
-	$(BIN)/python -m bench.accuracy $(ARGS)
+	@test -n "$(model)" || { echo "usage: make bench-accuracy model=PATH (a local model folder or .gguf)"; exit 2; }
+	for c in ncbi-disease cmedqaner; do \
+	  $(BIN)/python -m bench.learning_curve --model $(model) --corpus $$c --budget-s $(BUDGET_S) $(ARGS) && \
+	  $(BIN)/python -m bench.accuracy --model $(model) --corpus $$c --from-curve || exit 1; \
+	done
+	$(BIN)/python -m bench.learning_curve --model $(model) --corpus ncbi-disease,cmedqaner --train-corpora ncbi-disease,cmedqaner --budget-s $(BUDGET_S) $(ARGS)
+	$(BIN)/python -m bench.accuracy --model $(model) --corpus ncbi-disease,cmedqaner --adapter runs/bench/curve-ncbi-disease+cmedqaner/adapter
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -2,6 +2,8 @@
 server — schema-constrained, unconstrained, and zero-shot — recorded as `<corpus>-accuracy`.
 
     python -m bench.accuracy --model PATH --corpus ncbi-disease [--train-examples 480] [--limit N]
+    python -m bench.accuracy --model PATH --corpus ncbi-disease --from-curve   # the learning curve's best adapter
+    python -m bench.accuracy --model PATH --corpus ncbi-disease,cmedqaner --adapter RUN/adapter   # a mixture adapter
 
 Training resumes from its last checkpoint when interrupted (run the same command again); finished
 eval runs are reused (their predictions.jsonl), so a long benchmark survives interruption.
@@ -43,6 +45,8 @@ def summarize(run: Path) -> dict:
         "ungrounded": f["ungrounded"]["count"],
         "records": n,
         "records_per_s": (r.get("throughput") or {}).get("records_per_s"),
+        "per_type": {t: {k: v[k] for k in ("precision", "recall", "f1", "support", "f1_ci95") if k in v} for t, v in r["seqeval"].get("per_type", {}).items()},
+        "failures": {k: v["count"] for k, v in f.items()},
     }
 
 
@@ -56,6 +60,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--train-corpora", help="train on this mixture (comma-separated) instead of --corpus alone")
     ap.add_argument("--adapter", help="use this adapter instead of training one")
+    ap.add_argument("--from-curve", action="store_true", help="use the best adapter of bench/results/<corpus>-learning-curve.json")
     ap.add_argument("--limit", type=int, help="first N test records (default: the full split)")
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--skip-zero-shot", action="store_true")
@@ -67,9 +72,15 @@ def main() -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / f"{a.corpus}.log"
     timings = {}
+    if a.from_curve:
+        curve = json.loads((ROOT / "bench" / "results" / f"{a.corpus}-learning-curve.json").read_text())
+        a.adapter = curve["best_adapter"]
+        a.training_note = a.training_note or (f"Adapter: the best of the learning curve by dev F1 ({curve['metrics']['best_dev_f1']:.4f} on "
+                                              f"{curve['metrics']['dev_records']} dev records), at {curve['metrics']['best_examples']} training examples.")
     if a.adapter:
         adapter = Path(a.adapter)
-        sft_dir = adapter.parent
+        # a learning-curve snapshot (<run>/curve/step-N) or a run's final adapter (<run>/adapter)
+        sft_dir = adapter.parent.parent if adapter.parent.name == "curve" else adapter.parent
     else:
         mix = a.train_corpora or a.corpus
         sft_dir = run_dir / f"sft-{mix.replace(',', '+')}"
@@ -78,11 +89,21 @@ def main() -> int:
                                        *a.sft_override, log=log)
         adapter = sft_dir / "adapter"
     summary = json.loads((sft_dir / "summary.json").read_text()) if (sft_dir / "summary.json").is_file() else {}
-    manifest = json.loads((adapter / "data_manifest.json").read_text()) if (adapter / "data_manifest.json").is_file() else {}
+    manifest = json.loads((sft_dir / "data_manifest.json").read_text()) if (sft_dir / "data_manifest.json").is_file() else {}
+    if (adapter / "snapshot.json").is_file():  # training up to this adapter, not the whole run
+        snap = json.loads((adapter / "snapshot.json").read_text())
+        summary = {**summary, "steps": snap["step"], "train_wall_s": snap["train_wall_s"], "examples_seen": snap["examples"]}
+    rec = json.loads((adapter / "medner_run.json").read_text()) if (adapter / "medner_run.json").is_file() else {}
+    summary["prompt_version"] = rec.get("prompt_version")
+    summary["trained_on"] = sorted(rec.get("corpora", {}))
     limit = [f"limit={a.limit}"] if a.limit else []
     corpora = a.corpus.split(",")
     cfg = str(ROOT / "eval/configs/default.yaml")
-    runs = {c: {"ft": run_dir / f"eval-{c}-ft", "free": run_dir / f"eval-{c}-ft-free", "zs": run_dir / f"eval-{c}-zero-shot"} for c in corpora}
+    # eval folders keyed by the adapter's content: predictions of another adapter are never resumed into these
+    from medner.models import adapter_hash
+
+    tag = adapter_hash(adapter)[:10] if (adapter / "adapter_config.json").is_file() else "untrained"
+    runs = {c: {"ft": run_dir / f"eval-{c}-ft-{tag}", "free": run_dir / f"eval-{c}-ft-free-{tag}", "zs": run_dir / f"eval-{c}-zero-shot"} for c in corpora}
     walls: dict = {}
     if a.record_only:
         for c in corpora:
@@ -131,21 +152,24 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
         "constrained_parse_rate": ft["parse_rate"],
         "zero_shot_parse_rate": zs["parse_rate"] if zs else None,
         "test_records": ft["records"],
-        "train_examples": manifest.get("train_examples"),
+        # training examples seen up to this adapter (steps x batch; at most one epoch, so distinct examples)
+        "train_examples": summary.get("examples_seen") or manifest.get("train_examples"),
+        "train_pairs_available": manifest.get("train_examples"),
         "train_steps": summary.get("steps"),
         "train_wall_s": summary.get("train_wall_s"),
         "train_tokens_per_s": summary.get("train_tokens_per_s"),
         "published_f1": ref_f1,
     }
     metrics.update({k: v for k, v in timings.items()})
+    metrics["prompt_version"] = summary.get("prompt_version")
+    mixture = len(summary.get("trained_on") or []) > 1
     write_result(
-        f"{corpus}-accuracy", metrics,
-        command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus} --train-examples {a.train_examples} --epochs {a.epochs}"
-                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --adapter {a.adapter}" if a.adapter else "") + (f" --limit {a.limit}" if a.limit else ""),
-        notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU), {manifest.get('train_examples')} seeded training pairs "
-              f"of {', '.join(sorted({f['corpus'] for f in manifest.get('files', [])}))} (at most 20% with no entities), "
-              f"{summary.get('steps')} steps; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
-              f"(greedy; the constrained and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
+        f"{corpus}-mixture-accuracy" if mixture else f"{corpus}-accuracy", metrics,
+        command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus}" + (" --from-curve" if a.from_curve else (f" --adapter {a.adapter}" if a.adapter else f" --train-examples {a.train_examples} --epochs {a.epochs}"))
+                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else ""),
+        notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU, prompt {summary.get('prompt_version')}), "
+              f"{metrics['train_examples']} training examples of {', '.join(summary.get('trained_on') or [])} in {summary.get('steps')} steps and {summary.get('train_wall_s') or 0:.0f} s of training; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
+              f"(greedy; the constrained and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
         extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
     )
     if same == 1.0:

@@ -16,10 +16,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LIST="$ROOT/bench/gpu/wheels.txt"
-PY="${PYTHON:-python3}"
+PY="$(command -v "${PYTHON:-python3}")" || { echo "gpu_accuracy: no python at ${PYTHON:-python3}" >&2; exit 2; }
 
 die() { echo "gpu_accuracy: $*" >&2; exit 2; }
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 cmd="${1:-}"; [ -n "$cmd" ] || { usage; exit 2; }; shift
 case "$cmd" in prepare|run|dry-run) ;; -h|--help) usage; exit 0 ;; *) die "unknown command '$cmd' (prepare, run or dry-run)" ;; esac
@@ -92,6 +92,8 @@ else  # dry-run: the current environment, a tiny model, a few steps and records 
   EVAL_ARGS=("limit=4" "batch_size=4" "max_tokens=48")
 fi
 
+mkdir -p "$RUN_DIR"; RUN_DIR="$(cd "$RUN_DIR" && pwd)"
+
 # medner from this checkout, whatever is installed: a package folder of links (medner.<stage> -> <stage>/),
 # and python -P so the checkout's own medner/ folder does not shadow it
 SHIM="$RUN_DIR/.medner-path"
@@ -99,9 +101,8 @@ rm -rf "$SHIM"; mkdir -p "$SHIM/medner"
 for f in "$ROOT"/medner/*; do ln -s "$f" "$SHIM/medner/"; done
 for stage in data prompts sft serve eval; do ln -sfn "$ROOT/$stage" "$SHIM/medner/$stage"; done
 export PYTHONPATH="$SHIM${DEPS:+:$DEPS}${PYTHONPATH:+:$PYTHONPATH}"
-medner() { (cd "$RUN_DIR" && "$PY" -P -m medner.cli "$@"); }
+medner() { "$PY" -P -m medner.cli "$@"; }
 
-mkdir -p "$RUN_DIR"
 t0=$(date +%s)
 medner sft train --config "$SFT_CONFIG" "model=$MODEL" "corpora=[$CORPUS]" "max_train_examples=null" "output_dir=$RUN_DIR/sft" "${OVERRIDES[@]}"
 medner eval run --config "$ROOT/eval/configs/default.yaml" backend=hf "model=$MODEL" "adapter=$RUN_DIR/sft/adapter" "corpus=$CORPUS" split=test \

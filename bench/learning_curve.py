@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench.common import ROOT, medner, report, write_result
 
-DEFAULT_POINTS = {"ncbi-disease": "250,500,1000,2000,4000,5424", "cmedqaner": "250,500,1000,1673,3346"}
+# batch 8: a snapshot is kept at the first step that reaches each count (the final adapter is always a point)
+DEFAULT_POINTS = {"ncbi-disease": "256,504,1000,2000,4000", "cmedqaner": "256,504,1000,2000"}
 
 
 def snapshots(run: Path) -> list[Path]:
@@ -77,7 +78,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="base model folder or .gguf")
     ap.add_argument("--model-name", default="Qwen2.5-Coder-0.5B-Instruct (official Q4_K_M GGUF, dequantized to bf16)")
-    ap.add_argument("--corpus", default="ncbi-disease", help="corpus to evaluate on (and to train on, unless --train-corpora)")
+    ap.add_argument("--corpus", default="ncbi-disease", help="corpus (comma-separated: corpora) to evaluate on, and to train on unless --train-corpora")
     ap.add_argument("--train-corpora", help="train on this mixture (comma-separated)")
     ap.add_argument("--config", default=str(ROOT / "sft/configs/qwen2.5-0.5b-cpu.yaml"))
     ap.add_argument("--points", help="training examples at which to keep the adapter (comma-separated)")
@@ -93,7 +94,7 @@ def main() -> int:
     run = Path(a.run_dir) / (a.name or f"curve-{mix.replace(',', '+')}")
     run.mkdir(parents=True, exist_ok=True)
     log = run / "bench.log"
-    points = a.points or DEFAULT_POINTS.get(a.corpus, "250,500,1000,2000")
+    points = a.points or DEFAULT_POINTS.get(a.corpus, "256,504,1000,2000,4000")
     if not (run / "adapter" / "snapshot.json").is_file():
         medner("sft", "train", "--config", a.config, f"model={a.model}", f"corpora=[{mix}]", "max_train_examples=null", f"num_epochs={a.epochs}",
                f"output_dir={run}", f"curve_examples=[{points}]", "dev_examples=0", "eval_steps=0",
@@ -101,17 +102,24 @@ def main() -> int:
     if a.train_only:
         return 0
     summary = json.loads((run / "summary.json").read_text())
+    for corpus in a.corpus.split(","):
+        record_curve(a, run, corpus, mix, points, summary, log)
+    return 0
+
+
+def record_curve(a, run: Path, corpus: str, mix: str, points: str, summary: dict, log: Path) -> None:
     rows = []
     for snap in snapshots(run):
         meta = json.loads((snap / "snapshot.json").read_text())
-        res = dev_eval(a.model, snap, a.corpus, run / "dev-eval" / a.corpus / f"step-{meta['step']}", log, a.dev_limit)
+        res = dev_eval(a.model, snap, corpus, run / "dev-eval" / corpus / f"step-{meta['step']}", log, a.dev_limit)
         rows.append({"adapter": str(snap), **meta, **res})
-        print(f"step {meta['step']}: {meta['examples']} examples, {meta['train_wall_s']:.0f} s -> dev F1 {res['dev_f1']:.4f}", flush=True)
+        print(f"{corpus} step {meta['step']}: {meta['examples']} examples, {meta['train_wall_s']:.0f} s -> dev F1 {res['dev_f1']:.4f}", flush=True)
     best = max(rows, key=lambda r: r["dev_f1"])
-    name = f"{a.corpus}-learning-curve" if not a.train_corpora else f"{a.corpus}-mixture-learning-curve"
-    title = (f"{a.model_name}; bf16 LoRA on {mix} ({summary.get('prompt_version')} prompt), "
-             f"{summary.get('mode')}; dev F1 on {rows[-1]['dev_records']} {a.corpus} dev records")
-    plot(rows, a.corpus, ROOT / "bench" / "results" / f"{name}.png", title)
+    mixture = "," in mix
+    name = f"{corpus}-mixture-learning-curve" if mixture else f"{corpus}-learning-curve"
+    title = (f"{a.model_name}; bf16 LoRA on {mix} ({summary.get('prompt_version')} prompt); "
+             f"dev F1 on {rows[-1]['dev_records']} {corpus} dev records")
+    plot(rows, corpus, ROOT / "bench" / "results" / f"{name}.png", title)
     metrics = {"best_dev_f1": best["dev_f1"], "best_examples": best["examples"], "best_train_wall_s": best["train_wall_s"],
                "points": len(rows), "dev_records": rows[-1]["dev_records"], "train_wall_s_total": summary.get("train_wall_s"),
                "dev_eval_wall_s_total": sum(r["dev_eval_wall_s"] or 0 for r in rows)}
@@ -125,7 +133,6 @@ def main() -> int:
                      "steps", "train_wall_s", "examples_seen", "train_examples", "mean_example_tokens", "prompt_version", "mode", "first_loss", "last_loss",
                      "stopped_by_budget", "peak_rss_gib")}})
     print(json.dumps(metrics, indent=2))
-    return 0
 
 
 if __name__ == "__main__":
