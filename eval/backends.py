@@ -36,7 +36,7 @@ class Backend(Protocol):
 
 
 def predict(backend: Backend, records: Sequence[dict], task: Task, write: Callable[[dict], None], window_tokens: int = 256,
-            constrained: bool = True, max_tokens_cap: int | None = None, warm_up: bool = True) -> float:
+            constrained: bool = True, max_tokens_cap: int | None = None, warm_up: bool = True, grounded: str | None = None) -> float:
     """Records (``{"id", "text", "token_offsets"}``) -> one result per record, in order, through ``write``.
 
     Returns the wall time of planning + generation. Not included: model loading (the caller's) and one
@@ -49,14 +49,14 @@ def predict(backend: Backend, records: Sequence[dict], task: Task, write: Callab
     first = next((r for r in records if r["text"].strip()), None)
     if first is not None and warm_up:
         plan = plan_requests(first["text"], first["token_offsets"], task, window_tokens, backend.tokenizer, backend.max_model_len,
-                             constrained, max_tokens_cap)[:1]
+                             constrained, max_tokens_cap, grounded)[:1]
         backend.generate(plan, constrained)
     t0 = time.perf_counter()
     step = max(1, backend.chunk_records)
     for start in range(0, len(records), step):
         chunk = records[start : start + step]
         plans = [plan_requests(r["text"], r["token_offsets"], task, window_tokens, backend.tokenizer, backend.max_model_len,
-                               constrained, max_tokens_cap) for r in chunk]
+                               constrained, max_tokens_cap, grounded) for r in chunk]
         flat = [p for ps in plans for p in ps]
         t = time.perf_counter()
         replies = backend.generate(flat, constrained) if flat else []
@@ -102,7 +102,8 @@ class HFBackend:
             for i in range(0, len(plans), self.batch_size):
                 part = plans[i : i + self.batch_size]
                 out += generate_batch(self.model, self.tokenizer, [p["messages"] for p in part], [p["max_tokens"] for p in part],
-                                      [p["schema"] for p in part] if constrained else None)
+                                      [p["schema"] for p in part] if constrained else None,
+                                      [p.get("grammar") for p in part] if constrained else None)
         finally:
             if was_training:
                 self.model.train()
@@ -138,8 +139,12 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        params = [SamplingParams(temperature=0, max_tokens=p["max_tokens"],
-                                 structured_outputs=StructuredOutputsParams(json=p["schema"]) if constrained else None) for p in plans]
+        def constraint(p: Plan):
+            if not constrained:
+                return None
+            return StructuredOutputsParams(grammar=p["grammar"]) if p.get("grammar") else StructuredOutputsParams(json=p["schema"])
+
+        params = [SamplingParams(temperature=0, max_tokens=p["max_tokens"], structured_outputs=constraint(p)) for p in plans]
         outs = self.llm.chat([p["messages"] for p in plans], params, use_tqdm=False, lora_request=self.lora)
         return [{"raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason, "output_tokens": len(o.outputs[0].token_ids)} for o in outs]
 

@@ -54,6 +54,10 @@ class EvalSettings:
     out: str = "runs/eval"
     # schema-constrained decoding (false: free decoding, to see whether the model learned the format)
     constrained: bool = True
+    # grounded decoding (needs constrained): every mention is a span of the input, by construction.
+    # true = ordered (each mention after the previous one: no repeats beyond the text, no overlaps),
+    # substring (any span, any order), false = the plain schema
+    grounded: bool | str = False
     # requests in flight (server) / records per generate call (hf) / records per engine call (vllm)
     concurrency: int = 16
     batch_size: int = 16
@@ -94,7 +98,7 @@ def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
 
 
 # what must not change between a run and its resumption (limit, concurrency and the like may)
-SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "prompt_version", "split", "constrained", "window_tokens", "max_tokens", "merge")
+SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "prompt_version", "split", "constrained", "grounded", "window_tokens", "max_tokens", "merge")
 
 
 def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
@@ -159,10 +163,15 @@ def run(cfg: EvalSettings) -> dict:
         raise ConfigError(f"backend must be server, vllm or hf, not {cfg.backend!r}")
     from medner.engine import resolve_merge
 
+    from medner.prompts.contract import grounded_mode
+
     try:
         resolve_merge(cfg.merge)
+        grounded = grounded_mode(cfg.grounded)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if grounded and not cfg.constrained:
+        raise ConfigError("grounded decoding is a decoding constraint: it needs constrained=true")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out)
@@ -202,7 +211,7 @@ def run(cfg: EvalSettings) -> dict:
             from medner.eval.backends import predict
 
             backend = make_backend(cfg, model_dir)
-            wall = predict(backend, todo, task, write, cfg.window_tokens, cfg.constrained, cfg.max_tokens)
+            wall = predict(backend, todo, task, write, cfg.window_tokens, cfg.constrained, cfg.max_tokens, grounded=grounded)
     finally:
         fh.close()
         bar.close()
@@ -212,7 +221,7 @@ def run(cfg: EvalSettings) -> dict:
     report["throughput"] = throughput(fresh, wall if fresh else None)
     if report["throughput"]:
         report["throughput"]["backend"] = cfg.backend
-    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained, "prompt_version": task.prompt_version,
+    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained, "grounded": grounded or False, "prompt_version": task.prompt_version,
                      "model": cfg.served_model if cfg.backend == "server" else cfg.model, "adapter": cfg.adapter, "resumed_records": len(done)}
     write_report(report, out, with_text=not cfg.no_text)
     return report

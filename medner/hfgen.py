@@ -43,8 +43,12 @@ def generate_batch(
     conversations: Sequence[list[dict]],
     max_new_tokens: Sequence[int] | int,
     schemas: Sequence[dict] | None = None,
+    grammars: Sequence[str | None] | None = None,
 ) -> list[dict]:
     """Generate one reply per conversation. Returns ``[{"raw", "finish_reason", "output_tokens"}]``.
+
+    ``schemas``: constrain each reply to its answer schema; ``grammars``: where an entry is not None,
+    constrain that reply to this EBNF grammar instead (grounded decoding).
 
     ``finish_reason`` is ``stop`` when the model ended its turn and ``length`` when it hit its budget.
     """
@@ -58,8 +62,9 @@ def generate_batch(
         from xgrammar.contrib.hf import LogitsProcessor
 
         compiler = _grammar_compiler(tokenizer, model.config.vocab_size)
-        grammars = [compile_answer_grammar(compiler, s) for s in schemas]
-        kwargs["logits_processor"] = [LogitsProcessor(grammars)]
+        ebnf = list(grammars) if grammars is not None else [None] * len(schemas)
+        compiled = [compiler.compile_grammar(g) if g else compile_answer_grammar(compiler, s) for s, g in zip(schemas, ebnf)]
+        kwargs["logits_processor"] = [LogitsProcessor(compiled)]
     eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     out = model.generate(
         **enc,

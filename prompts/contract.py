@@ -26,6 +26,7 @@ import jsonschema
 from medner.data.ground import ground_mentions
 from medner.data.registry import Label
 from medner.data.windows import make_windows, merge_window_entities
+from medner.prompts.grounded import GROUNDED_MODES, grounded_grammar, grounded_reply_bound
 from medner.prompts.render import PROMPT_VERSION, build_messages
 from medner.prompts.schema import answer_schema, max_reply_tokens
 
@@ -78,6 +79,7 @@ class Plan(TypedDict):
     schema: dict          # the decoding constraint (and the validation schema of the reply)
     max_tokens: int
     prompt_tokens: int
+    grammar: str | None   # grounded decoding: the constraint instead of the schema (the schema still validates)
 
 
 class Reply(TypedDict, total=False):
@@ -89,14 +91,29 @@ class Reply(TypedDict, total=False):
     error: str
 
 
+def grounded_mode(value) -> str | None:
+    """``grounded`` setting -> a mode of :mod:`medner.prompts.grounded` or None (true = ordered)."""
+    if value in (None, False, "false", "none", ""):
+        return None
+    if value in (True, "true"):
+        return "ordered"
+    if value in GROUNDED_MODES:
+        return value
+    raise ValueError(f"grounded must be true, false, {' or '.join(GROUNDED_MODES)}, not {value!r}")
+
+
 def plan_requests(text: str, offsets: Sequence[Sequence[int]], task: Task, cap: int, tokenizer: ChatTokenizer, max_model_len: int,
-                  constrained: bool = True, max_tokens_cap: int | None = None) -> list[Plan]:
+                  constrained: bool = True, max_tokens_cap: int | None = None, grounded: str | None = None) -> list[Plan]:
     """The requests for one text: windows (data-stage rule) with their messages, bounded schema and
     ``max_tokens``. A window whose reply bound does not fit the context is split smaller.
 
     Free decoding (``constrained=False``) keeps the schema for validating the reply and gets a budget
-    of twice the window's tokens plus 64 (room for a verbose reply, still finite).
+    of twice the window's tokens plus 64 (room for a verbose reply, still finite). Grounded decoding
+    (``grounded="ordered"|"substring"``, constrained only) constrains with the window's span grammar
+    (:mod:`medner.prompts.grounded`) and budgets its exact reply bound.
     """
+    if grounded is not None and not constrained:
+        raise ValueError("grounded decoding is a decoding constraint: it needs constrained=true")
     if not text.strip():
         return []
     offsets = [tuple(o) for o in offsets]
@@ -111,17 +128,30 @@ def plan_requests(text: str, offsets: Sequence[Sequence[int]], task: Task, cap: 
         messages = build_messages(wtext, task.labels, task.lang, task.prompt_version)
         schema = answer_schema(task.label_names, wtext, len(woffs))
         prompt_tokens = count(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        bound = max_reply_tokens(schema, task.label_names) if constrained else 2 * count(wtext) + 64
+        grammar = None
+        if grounded:
+            entities = schema["properties"]["entities"]
+            max_items = entities.get("maxItems")
+            grammar = grounded_grammar(wtext, woffs, task.label_names, grounded, max_items=max_items)
+            bound = grounded_reply_bound(wtext, woffs, task.label_names, grounded, max_items=max_items)
+            # the schema only validates here: it must admit every reply the grammar does (any span, and in
+            # ordered mode one mention per token), not the rounded bounds that keep schema grammars few
+            entities["items"]["properties"]["text"]["maxLength"] = max(1, len(wtext))
+            if grounded == "ordered":
+                entities["maxItems"] = len(woffs)
+        else:
+            bound = max_reply_tokens(schema, task.label_names) if constrained else 2 * count(wtext) + 64
         room = max_model_len - prompt_tokens - 8
         if bound > room and cap > MIN_WINDOW_TOKENS and len(woffs) > 1:
-            for p in plan_requests(wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2), tokenizer, max_model_len, constrained, max_tokens_cap):
+            for p in plan_requests(wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2), tokenizer, max_model_len, constrained, max_tokens_cap, grounded):
                 p["start"] += s
                 plans.append(p)
             continue
         max_tokens = max(1, min(bound, room))
         if max_tokens_cap:
             max_tokens = min(max_tokens, max_tokens_cap)
-        plans.append(Plan(start=s, text=wtext, offsets=woffs, messages=messages, schema=schema, max_tokens=max_tokens, prompt_tokens=prompt_tokens))
+        plans.append(Plan(start=s, text=wtext, offsets=woffs, messages=messages, schema=schema, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
+                          grammar=grammar))
     return plans
 
 

@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from medner.data.registry import RegistryError, get_corpus
+from medner.prompts.contract import grounded_mode
 from medner.serve.client import ExtractClient, ServerError, task_for
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class ExtractRequest(BaseModel):
     labels: list[str] | dict[str, str] | None = Field(None, description="ad-hoc labels, or {label: description}")
     lang: str = Field("en", description="en or zh (with ad-hoc labels)")
     model: str | None = Field(None, description="served model name (default: the API's model)")
+    grounded: bool | str = Field(False, description="every mention a span of the input: true (= ordered), ordered, substring or false")
 
 
 def create_app(url: str, model: str, api_key: str | None = None, window_tokens: int = 256) -> FastAPI:
@@ -65,11 +67,12 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
         try:
             corpus = get_corpus(req.corpus) if req.corpus else None
             task = task_for(corpus, req.labels, req.lang, prompt_version=versions[req.model or model])
+            grounded = grounded_mode(req.grounded)
         except (RegistryError, ValueError) as e:
             raise HTTPException(422, detail=str(e)) from None
         try:
             async with httpx.AsyncClient(timeout=client.timeout_s) as http:
-                res = await client.extract_one(http, req.text, task)
+                res = await client.extract_one(http, req.text, task, grounded=grounded)
         except ServerError as e:
             raise HTTPException(503, detail=str(e)) from None
         return {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason") if k in res}

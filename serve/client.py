@@ -40,6 +40,7 @@ class ExtractClient:
         max_model_len: int | None = None,
         constrained: bool = True,
         max_tokens_cap: int | None = None,
+        grounded: str | None = None,
     ):
         self.url = url.rstrip("/")
         self.model = model
@@ -50,6 +51,7 @@ class ExtractClient:
         self.max_model_len = max_model_len
         self.constrained = constrained
         self.max_tokens_cap = max_tokens_cap
+        self.grounded = grounded  # None | "ordered" | "substring": every mention a span of the input
         from medner.tokenizer import load_tokenizer
 
         self._tok = load_tokenizer()
@@ -97,8 +99,10 @@ class ExtractClient:
         return prompt_version_for(requested, rec, f"served model {self.model!r}" if not adapter_dir else adapter_dir)
 
     # -- one text ---------------------------------------------------------------------------------
-    def plan(self, text: str, offsets, task: Task) -> list[Plan]:
-        return plan_requests(text, offsets, task, self.window_tokens, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap)
+    def plan(self, text: str, offsets, task: Task, grounded: str | None | bool = False) -> list[Plan]:
+        """``grounded``: False = the client's own setting; None / a mode = this request's."""
+        mode = self.grounded if grounded is False else grounded
+        return plan_requests(text, offsets, task, self.window_tokens, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap, mode)
 
     async def complete(self, http: httpx.AsyncClient, plan: Plan, constrained: bool | None = None) -> Reply:
         """One planned request -> its reply (``finish_reason: error`` with the HTTP status on refusal)."""
@@ -109,7 +113,9 @@ class ExtractClient:
             "temperature": 0,
             "max_tokens": plan["max_tokens"],
         }
-        if constrained:
+        if constrained and plan.get("grammar"):
+            body["structured_outputs"] = {"grammar": plan["grammar"]}  # grounded decoding (vLLM's structured outputs)
+        elif constrained:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "entities", "schema": plan["schema"], "strict": True}}
         try:
             r = await http.post(f"{self.url}/chat/completions", json=body, headers=self.headers)
@@ -129,7 +135,7 @@ class ExtractClient:
             "output_tokens": (data.get("usage") or {}).get("completion_tokens", 0),
         }
 
-    async def extract_one(self, http: httpx.AsyncClient, text: str, task: Task, offsets=None) -> dict:
+    async def extract_one(self, http: httpx.AsyncClient, text: str, task: Task, offsets=None, grounded: str | None | bool = False) -> dict:
         """Grounded result for one text: ``{"text", "entities", "dropped", "status", ...}``."""
         t0 = time.perf_counter()
         result: dict = {"text": text, "entities": [], "dropped": [], "status": "ok"}
@@ -137,7 +143,7 @@ class ExtractClient:
             result.update(finish_reason="stop", raw=[], output_tokens=0, latency_s=0.0)
             return result
         offsets = [tuple(o) for o in offsets] if offsets is not None else simple_token_offsets(text, task.lang)
-        plans = self.plan(text, offsets, task)
+        plans = self.plan(text, offsets, task, grounded)
         replies = await asyncio.gather(*(self.complete(http, p) for p in plans))
         result.update(assemble_result(text, plans, replies))
         result["latency_s"] = time.perf_counter() - t0

@@ -62,7 +62,10 @@ def _extract(a: argparse.Namespace) -> int:
         labels = json.loads(a.labels) if a.labels.strip().startswith(("{", "[")) else [x for x in a.labels.split(",") if x]
     corpus = get_corpus(a.corpus) if (a.corpus and not labels) else None
     items = _read_inputs(a)
-    client = ExtractClient(url, model, api_key=a.api_key or os.environ.get("MEDNER_API_KEY"), concurrency=a.concurrency, window_tokens=a.window_tokens, max_tokens_cap=a.max_tokens)
+    from medner.prompts.contract import grounded_mode
+
+    client = ExtractClient(url, model, api_key=a.api_key or os.environ.get("MEDNER_API_KEY"), concurrency=a.concurrency, window_tokens=a.window_tokens,
+                           max_tokens_cap=a.max_tokens, grounded=grounded_mode(a.grounded))
     client.check_server()
     # the prompt version the served model was trained with (serve config's adapter, or the served folder's record)
     adapter = defaults.adapter if (defaults.adapter and not a.url and not a.model) else None
@@ -117,6 +120,8 @@ def add_serve_commands(stages) -> None:
     e.add_argument("--concurrency", type=int, default=8, help="texts in flight at once")
     e.add_argument("--window-tokens", type=int, default=256, help="window cap for long texts (Qwen2.5 tokens)")
     e.add_argument("--max-tokens", type=int, help="cap on max_tokens per request (default: derived from the schema bound)")
+    e.add_argument("--grounded", nargs="?", const="ordered", default=None, choices=["ordered", "substring"],
+                   help="every mention a span of the input, by construction (default mode: ordered)")
     e.add_argument("--prompt-version", help="prompt templates to query with (default: the served model's trained version; another is refused)")
     e.add_argument("--out", help="write JSONL here instead of stdout")
     e.add_argument("--raw", action="store_true", help="include the raw model output")

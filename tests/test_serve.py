@@ -114,6 +114,37 @@ def test_extract_api_endpoint(vllm_server):
         assert r2.status_code == 200 and r2.json()["text"] == "发热三天"
         assert api.post("/v1/extract", json={"text": "x", "corpus": "nope"}).status_code == 422
         assert api.post("/v1/extract", json={"text": "x"}).status_code == 422
+        g = api.post("/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease", "grounded": True}).json()
+        assert g["status"] == "ok" and not g["dropped"] and all(TEXT[e["start"]:e["end"]] == e["text"] for e in g["entities"])
+        assert api.post("/v1/extract", json={"text": "x", "corpus": "ncbi-disease", "grounded": "fuzzy"}).status_code == 422
+
+
+def test_the_served_folder_tells_clients_the_trained_prompt_version(vllm_server):
+    from medner.serve.client import ExtractClient
+
+    client = ExtractClient(vllm_server, "ner")
+    client.check_server()
+    assert client.served_record()["prompt_version"] == "compact-v1" and client.task_version(None) == "compact-v1"
+    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--prompt-version", "v1", TEXT)
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.returncode == 1 and len(err) == 1 and "trained with prompt version 'compact-v1', not 'v1'" in err[0], proc.stderr[-1000:]
+
+
+def test_grounded_eval_and_extract_through_the_server(vllm_server, tmp_path):
+    """The acceptance shape: every predicted entity is a span of the input at its offsets, none dropped or
+    cut, on English and on Chinese (a token per character), through the real server."""
+    from test_grounded import _check_grounded_run
+
+    found = 0
+    for corpus in ("ncbi-disease", "cmedqaner"):
+        out = tmp_path / corpus
+        run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "served_model=ner",
+                   f"corpus={corpus}", "split=test", "limit=12", "grounded=true", f"out={out}", "bootstrap=0", check=True)
+        found += _check_grounded_run(out)
+    assert found > 0, "no entity predicted: nothing was checked"
+    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--grounded", "--raw", TEXT, check=True)
+    res = json.loads(proc.stdout)
+    assert res["status"] == "ok" and not res["dropped"] and all(TEXT[e["start"]:e["end"]] == e["text"] for e in res["entities"])
 
 
 def test_api_health_when_upstream_down():
