@@ -22,10 +22,17 @@ log = logging.getLogger(__name__)
 
 class WallClock(TrainerCallback):
     """Cumulative training wall seconds (``train_wall_s``) logged at every step. With ``budget_s``, training
-    stops (with a checkpoint) at the first step that ends past the budget."""
+    stops (with a checkpoint) at the first step that ends past the budget.
 
-    def __init__(self, budget_s: float | None = None) -> None:
+    A file ``PAUSE`` in ``pause_dir`` (the run folder) holds the run after its current step until the file is
+    removed, and the pause is not training time: it frees the CPU for something else (a benchmark that must
+    not share it) without stopping the run or skewing its clock.
+    """
+
+    def __init__(self, budget_s: float | None = None, pause_dir: Path | None = None) -> None:
         self.budget_s = budget_s
+        self.pause_file = Path(pause_dir) / "PAUSE" if pause_dir else None
+        self.paused_s = 0.0
         self.stopped_by_budget = False
         self.total = 0.0
         self.excluded = 0.0         # seconds of dev evaluation / snapshots inside the current step interval
@@ -48,6 +55,15 @@ class WallClock(TrainerCallback):
         self.total += dt
         self.segment_steps.append(dt)
         state.log_history.append({"step": state.global_step, "step_wall_s": round(dt, 3), "train_wall_s": round(self.total, 3)})
+        if self.pause_file is not None and self.pause_file.exists():
+            log.info("paused at step %d (%s exists; remove it to go on)", state.global_step, self.pause_file)
+            t0 = time.perf_counter()
+            while self.pause_file.exists():
+                time.sleep(2)
+            held = time.perf_counter() - t0
+            self.paused_s += held
+            self._last += held  # the pause is not part of the next step's interval
+            log.info("resumed after a pause of %.0f s", held)
         if self.budget_s and self.total >= self.budget_s and state.global_step < state.max_steps:
             log.info("training budget of %.0f s reached at step %d: stopping", self.budget_s, state.global_step)
             self.stopped_by_budget = True

@@ -322,7 +322,7 @@ def train(cfg: SFTSettings) -> Path:
         write_record(folder, record_for(steps))
         tokenizer.save_pretrained(str(folder))
 
-    clock = WallClock(cfg.max_train_wall_s)
+    clock = WallClock(cfg.max_train_wall_s, pause_dir=out)
     dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg, clock=clock)
     callbacks = [clock, dev_cb]
     if cfg.curve_examples:
@@ -354,6 +354,7 @@ def train(cfg: SFTSettings) -> Path:
         # training seconds over every resumed segment (dev evaluation excluded; see sft/progress.py)
         train_wall_s=clock.total,
         stopped_by_budget=clock.stopped_by_budget,
+        paused_s=clock.paused_s,
         segment_wall_s=wall,
         step_wall_s=[round(x, 3) for x in clock.segment_steps],
         dev_eval_s=dev_cb.seconds,

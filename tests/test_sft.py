@@ -263,3 +263,31 @@ def test_padding_free_is_refused_where_it_would_mix_examples(tiny_model, tmp_pat
     assert padded.shape == flat.shape == (7,)
     assert torch.allclose(padded[:3], flat[:3], atol=1e-4)      # the first example sees only itself either way
     assert not torch.allclose(padded[3:], flat[3:], atol=1e-3)  # the others see the first: mixed
+
+
+@pytest.mark.slow
+def test_a_pause_file_holds_the_run_and_is_not_training_time(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "PAUSE").touch()
+    cmd = [sys.executable, "-m", "medner.cli", "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"),
+           f"model={tiny_model}", f"output_dir={out}", "max_steps=3", "dev_examples=0"]
+    log = tmp_path / "train.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, text=True)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and "paused at step 1" not in log.read_text() and proc.poll() is None:
+                time.sleep(0.5)
+            assert "paused at step 1" in log.read_text(), log.read_text()[-2000:]
+            time.sleep(8)  # held: no second step while the file is there
+            assert proc.poll() is None and "step 2" not in log.read_text().split("paused at step 1")[1]
+        finally:
+            (out / "PAUSE").unlink()
+        proc.wait(timeout=300)
+    err = log.read_text()
+    assert proc.returncode == 0, err[-2000:]
+    assert "paused at step 1" in err and "resumed after a pause" in err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["paused_s"] >= 8 and s["steps"] == 3
+    assert s["train_wall_s"] < s["segment_wall_s"] - s["paused_s"] + 1
