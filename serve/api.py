@@ -7,15 +7,23 @@ A small FastAPI app on its own port that calls the vLLM server through :class:`E
     -> {"text", "entities": [{"text", "type", "start", "end"}], "dropped": [...], "status"}
     GET  /health      -> {"status": "ok", "upstream": URL} or 503 when the vLLM server is down
 
+With an API key configured, every endpoint but ``/health`` wants ``Authorization: Bearer KEY`` (401
+otherwise; compared in constant time). Limits (:class:`Limits`) bound what one request may cost: text
+size (413), ad-hoc labels and their descriptions (422), time (504) and requests in flight (429 beyond).
+An upstream that is down or dies mid-request gives 503 with one line, never a hang or a traceback.
 Request bodies are never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hmac
 import logging
 
 import httpx
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from medner.data.registry import RegistryError, get_corpus
@@ -23,6 +31,22 @@ from medner.prompts.contract import grounded_mode
 from medner.serve.client import ExtractClient, ServerError, task_for
 
 log = logging.getLogger(__name__)
+
+OPEN_PATHS = ("/health",)  # and "/" (the page) once there is one
+
+
+@dataclasses.dataclass
+class Limits:
+    # longest text accepted, in characters (413 beyond); the body may be at most 4 bytes per character + 64 KiB
+    max_text_chars: int = 1_000_000
+    # ad-hoc label sets: at most this many labels, each description at most this many characters (422 beyond)
+    max_labels: int = 100
+    max_label_chars: int = 500
+    # seconds one request may take before it is answered 504 (a burst of 64 requests on a 2-core CPU with the
+    # tiny model takes well under a minute; a long text with a real model takes longer)
+    request_timeout_s: float = 600.0
+    # requests being extracted at once; more get 429 with Retry-After (clients retry) instead of piling up
+    max_in_flight: int = 128
 
 
 class ExtractRequest(BaseModel):
@@ -34,14 +58,45 @@ class ExtractRequest(BaseModel):
     grounded: bool | str = Field(False, description="every mention a span of the input: true (= ordered), ordered, substring or false")
 
 
-def create_app(url: str, model: str, api_key: str | None = None, window_tokens: int = 256) -> FastAPI:
+def _check_limits(req: ExtractRequest, limits: Limits) -> None:
+    if len(req.text) > limits.max_text_chars:
+        raise HTTPException(413, detail=f"text is {len(req.text):,} characters; the limit is {limits.max_text_chars:,} (max_text_chars)")
+    if req.labels is not None:
+        names = list(req.labels)
+        if len(names) > limits.max_labels:
+            raise HTTPException(422, detail=f"{len(names)} labels; the limit is {limits.max_labels} (max_labels)")
+        texts = names + (list(req.labels.values()) if isinstance(req.labels, dict) else [])
+        longest = max((len(t) for t in texts), default=0)
+        if longest > limits.max_label_chars:
+            raise HTTPException(422, detail=f"a label or description is {longest} characters; the limit is {limits.max_label_chars} (max_label_chars)")
+
+
+def create_app(url: str, model: str, api_key: str | None = None, window_tokens: int = 256, auth_key: str | None = None,
+               limits: Limits | None = None) -> FastAPI:
+    """``api_key``: sent to the upstream vLLM server; ``auth_key``: what clients of this app must send."""
+    limits = limits or Limits()
     app = FastAPI(title="medner extraction API", version="1")
     clients: dict[str, ExtractClient] = {}
     versions: dict[str, str] = {}
+    state = {"in_flight": 0}
+    want = f"Bearer {auth_key}".encode() if auth_key else None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if want is not None and request.url.path not in OPEN_PATHS:
+            got = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(got, want):
+                return JSONResponse({"detail": "missing or wrong API key: send Authorization: Bearer KEY"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > 4 * limits.max_text_chars + 65536:
+            return JSONResponse({"detail": f"request body is {int(size):,} bytes; the text limit is {limits.max_text_chars:,} characters (max_text_chars)"},
+                                status_code=413)
+        return await call_next(request)
 
     def client_for(name: str) -> ExtractClient:
         if name not in clients:
-            c = ExtractClient(url, name, api_key=api_key, window_tokens=window_tokens)
+            c = ExtractClient(url, name, api_key=api_key, window_tokens=window_tokens, timeout_s=limits.request_timeout_s)
             c.check_server()
             versions[name] = c.task_version(None)  # the served model's trained prompt version (v1 without a record)
             clients[name] = c
@@ -60,6 +115,18 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
 
     @app.post("/v1/extract")
     async def extract(req: ExtractRequest):
+        _check_limits(req, limits)
+        if state["in_flight"] >= limits.max_in_flight:
+            raise HTTPException(429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"})
+        state["in_flight"] += 1
+        try:
+            return await asyncio.wait_for(_extract(req), timeout=limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, detail=f"extraction took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
+        finally:
+            state["in_flight"] -= 1
+
+    async def _extract(req: ExtractRequest) -> dict:
         try:
             client = client_for(req.model or model)
         except ServerError as e:

@@ -19,6 +19,23 @@ def _serve_defaults(config: str | None):
     return load_config(ServeSettings, path, [])
 
 
+KEY_ON_COMMAND_LINE = ("an API key on the command line is visible to every user of this machine (process listings, shell "
+                       "history); put it in MEDNER_API_KEY or in a file passed with --api-key-file")
+
+
+def read_key(file: str | None, env: str = "MEDNER_API_KEY") -> str | None:
+    """An API key from a file (first line, whitespace stripped) or the environment; never from argv."""
+    if file:
+        try:
+            key = Path(file).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError):
+            raise ValueError(f"cannot read an API key from {file} (first line of the file)") from None
+        if not key:
+            raise ValueError(f"{file}: the first line is empty, not an API key")
+        return key
+    return os.environ.get(env) or None
+
+
 def _serve(a: argparse.Namespace) -> int:
     from medner.config import load_config
     from medner.serve.launch import ServeSettings, serve
@@ -64,7 +81,9 @@ def _extract(a: argparse.Namespace) -> int:
     items = _read_inputs(a)
     from medner.prompts.contract import grounded_mode
 
-    client = ExtractClient(url, model, api_key=a.api_key or os.environ.get("MEDNER_API_KEY"), concurrency=a.concurrency, window_tokens=a.window_tokens,
+    if a.api_key:
+        raise ValueError(KEY_ON_COMMAND_LINE)
+    client = ExtractClient(url, model, api_key=read_key(a.api_key_file), concurrency=a.concurrency, window_tokens=a.window_tokens,
                            max_tokens_cap=a.max_tokens, grounded=grounded_mode(a.grounded))
     client.check_server()
     # the prompt version the served model was trained with (serve config's adapter, or the served folder's record)
@@ -91,12 +110,22 @@ def _extract(a: argparse.Namespace) -> int:
 def _api(a: argparse.Namespace) -> int:
     import uvicorn
 
-    from medner.serve.api import create_app
+    from medner.serve.api import Limits, create_app
 
+    if a.api_key:
+        raise ValueError(KEY_ON_COMMAND_LINE)
     defaults = _serve_defaults(a.serve_config)
     url = a.url or f"http://{defaults.host}:{defaults.port}/v1"
     model = a.model or defaults.adapter_name
-    app = create_app(url, model, api_key=a.api_key or os.environ.get("MEDNER_API_KEY"))
+    auth = read_key(a.api_key_file)
+    # the upstream vLLM server's key: its own file or variable, else the same key (`medner serve` reads MEDNER_API_KEY too)
+    upstream = read_key(a.upstream_key_file, "MEDNER_UPSTREAM_API_KEY") or auth
+    if not auth and a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: /v1/extract on {a.host} without an API key: anyone who reaches port {a.port} can use it", file=sys.stderr)
+    limits = Limits(max_text_chars=a.max_text_chars, max_labels=a.max_labels, max_label_chars=a.max_label_chars,
+                    request_timeout_s=a.request_timeout, max_in_flight=a.max_in_flight)
+    app = create_app(url, model, api_key=upstream, auth_key=auth, limits=limits)
+    print(f"medner api: /v1/extract at http://{a.host}:{a.port} -> {url} ({'API key required' if auth else 'no API key'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, access_log=False, log_level="warning")
     return 0
 
@@ -116,7 +145,8 @@ def add_serve_commands(stages) -> None:
     e.add_argument("--labels", help="ad-hoc labels instead of a corpus: 'A,B' or JSON {label: description}")
     e.add_argument("--lang", default="en", choices=["en", "zh"], help="language with --labels")
     e.add_argument("--serve-config", help="serve config to take defaults from")
-    e.add_argument("--api-key", help="API key (or MEDNER_API_KEY)")
+    e.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: visible in process listings
+    e.add_argument("--api-key-file", help="file whose first line is the API key (default: MEDNER_API_KEY)")
     e.add_argument("--concurrency", type=int, default=8, help="texts in flight at once")
     e.add_argument("--window-tokens", type=int, default=256, help="window cap for long texts (Qwen2.5 tokens)")
     e.add_argument("--max-tokens", type=int, help="cap on max_tokens per request (default: derived from the schema bound)")
@@ -131,7 +161,14 @@ def add_serve_commands(stages) -> None:
     p.add_argument("--url", help="vLLM server base URL")
     p.add_argument("--model", help="served model name")
     p.add_argument("--serve-config")
-    p.add_argument("--api-key")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: visible in process listings
+    p.add_argument("--api-key-file", help="file whose first line is the key clients must send (default: MEDNER_API_KEY; none = open)")
+    p.add_argument("--upstream-key-file", help="the vLLM server's key (default: MEDNER_UPSTREAM_API_KEY, else the API key)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback; for a network put a TLS proxy in front, see the README)")
     p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--max-text-chars", type=int, default=1_000_000, help="longest text accepted (413 beyond)")
+    p.add_argument("--max-labels", type=int, default=100, help="most ad-hoc labels per request (422 beyond)")
+    p.add_argument("--max-label-chars", type=int, default=500, help="longest label or description (422 beyond)")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request before 504")
+    p.add_argument("--max-in-flight", type=int, default=128, help="requests extracted at once (429 beyond)")
     p.set_defaults(func=_api)

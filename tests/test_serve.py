@@ -184,3 +184,49 @@ def test_vllm_argv_is_private_by_default():
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "--enable-log-requests" not in argv and "secret" not in " ".join(argv)
     assert json.loads(argv[argv.index("--structured-outputs-config") + 1])["disable_any_whitespace"] is True
+
+
+def _start_api(vllm_server, *flags, env=None):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "medner.cli", "api", "--url", vllm_server, "--model", "ner", "--port", str(port), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    for _ in range(120):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code in (200, 503):
+                return proc, f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("medner api did not start: " + proc.stderr.read()[-1000:])
+
+
+def test_api_caps_requests_in_flight_and_times_out_against_the_real_server(vllm_server):
+    import asyncio
+
+    proc, base = _start_api(vllm_server, "--max-in-flight", "2", env={"MEDNER_API_KEY": "k-test"})
+    try:
+        async def burst():
+            async with httpx.AsyncClient(timeout=300, headers={"Authorization": "Bearer k-test"}) as h:
+                return await asyncio.gather(*(h.post(f"{base}/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease"}) for _ in range(12)))
+
+        rs = asyncio.run(burst())
+        codes = sorted(r.status_code for r in rs)
+        assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+        assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 429)
+        assert all(TEXT[e["start"]:e["end"]] == e["text"] for r in rs if r.status_code == 200 for e in r.json()["entities"])
+        assert httpx.post(f"{base}/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease"}).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    proc, base = _start_api(vllm_server, "--request-timeout", "0.001")
+    try:
+        r = httpx.post(f"{base}/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease"}, timeout=60)
+        assert r.status_code == 504 and "request_timeout_s" in r.json()["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
