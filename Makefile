@@ -19,7 +19,7 @@ ARGS ?=
 # `make sft model=PATH output_dir=DIR max_steps=N` passes these through as config overrides
 SFT_OVERRIDES := $(foreach v,model output_dir max_steps corpora,$(if $($(v)),$(v)=$($(v))))
 
-.PHONY: install data sft serve eval demo test test-fast bench bench-eval-speed bench-sft-speed bench-accuracy clean
+.PHONY: install data sft serve eval demo test test-fast bench bench-eval-speed bench-sft-speed bench-accuracy bench-reliability clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: bench-sft-speed bench-eval-speed bench-accuracy
+
+# load and fault suite on the tiny model, loopback only (CLIENTS, SECONDS, BAD: see bench/reliability.py)
+bench-reliability: $(STAMP)
+	$(BIN)/python -m bench.reliability --clients $(or $(CLIENTS),32) --seconds $(or $(SECONDS),60) --bad $(or $(BAD),220) $(ARGS)
 
 bench-sft-speed: $(STAMP)
 	$(BIN)/python -m bench.sft_speed $(ARGS)

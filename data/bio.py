@@ -77,6 +77,11 @@ def split_tag(tag: str) -> tuple[str, str | None]:
     raise ValueError(f"malformed tag {tag!r} (expected O, B-X, I-X, B_X, ...)")
 
 
+def _nul_problem(name: str, raw: bytes) -> Problem:
+    at = raw.index(b"\x00")
+    return Problem(name, raw.count(b"\n", 0, at) + 1, f"NUL byte at byte {at}: not a UTF-8 text file (binary, UTF-16 or a sparse file?)")
+
+
 def _decode(path: Path, raw: bytes) -> tuple[str | None, list[Problem]]:
     try:
         return raw.decode("utf-8-sig"), []
@@ -122,9 +127,16 @@ def read_bio(path: str | Path, scheme: str = "iob2", labels: Iterable[str] | Non
     path = Path(path)
     name = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            # a binary, UTF-16 or sparse file shows NUL bytes at once: say so without reading the rest of it
+            head = fh.read(1 << 20)
+            if b"\x00" in head:
+                return [], [_nul_problem(name, head)]
+            raw = head + fh.read()
     except OSError as e:
-        return [], [Problem(name, None, f"cannot read file: {e.strerror}")]
+        return [], [Problem(name, None, f"cannot read file: {e.strerror or e}")]
+    if b"\x00" in raw:
+        return [], [_nul_problem(name, raw)]
     text, problems = _decode(path, raw)
     if text is None:
         return [], problems
@@ -164,7 +176,7 @@ def read_bio(path: str | Path, scheme: str = "iob2", labels: Iterable[str] | Non
         cur.lines.append(lineno)
     flush()
     if not sentences and not problems:
-        problems.append(Problem(name, None, "empty file: no sentences"))
+        problems.append(Problem(name, 1, "empty file: no sentences"))
     return sentences, problems
 
 

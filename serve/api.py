@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from medner.data.registry import RegistryError, get_corpus
 from medner.prompts.contract import grounded_mode
-from medner.serve.client import ExtractClient, ServerError, task_for
+from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_for
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +127,19 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
             state["in_flight"] -= 1
 
     async def _extract(req: ExtractRequest) -> dict:
-        try:
-            client = client_for(req.model or model)
-        except ServerError as e:
-            raise HTTPException(503, detail=str(e)) from None
-        try:
+        try:  # the request itself first: a bad one is 422 whether or not the upstream is up
             corpus = get_corpus(req.corpus) if req.corpus else None
-            task = task_for(corpus, req.labels, req.lang, prompt_version=versions[req.model or model])
+            task_for(corpus, req.labels, req.lang)
             grounded = grounded_mode(req.grounded)
         except (RegistryError, ValueError) as e:
             raise HTTPException(422, detail=str(e)) from None
+        try:
+            client = client_for(req.model or model)
+        except UnknownModel as e:
+            raise HTTPException(404, detail=str(e)) from None
+        except ServerError as e:
+            raise HTTPException(503, detail=str(e)) from None
+        task = task_for(corpus, req.labels, req.lang, prompt_version=versions[req.model or model])
         try:
             async with httpx.AsyncClient(timeout=client.timeout_s) as http:
                 res = await client.extract_one(http, req.text, task, grounded=grounded)

