@@ -88,7 +88,12 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping of key: value")
-    raw.update(parse_overrides(overrides))
+    given = parse_overrides(overrides)
+    secret = sorted(k for k, v in given.items() if k.endswith("api_key") and v not in (None, "null", ""))
+    if secret:
+        raise ConfigError(f"{secret[0]}= on the command line is visible to every user of this machine (process listings, shell history); "
+                          "set MEDNER_API_KEY (or put the key in the config file)")
+    raw.update(given)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(fields))
@@ -107,6 +112,8 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
+    """The resolved config beside a run's output; API keys are written as "***" (a run folder is no place for them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    values = {k: ("***" if k.endswith("api_key") and v else v) for k, v in dataclasses.asdict(cfg).items()}
+    path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")

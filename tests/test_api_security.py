@@ -76,3 +76,17 @@ def test_key_file_and_environment(tmp_path, monkeypatch):
         read_key(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="cannot read an API key"):
         read_key(str(tmp_path / "missing"))
+
+
+def test_config_keys_stay_off_command_lines_and_out_of_run_folders(tmp_path):
+    from medner.config import ConfigError, load_config, save_config
+    from medner.eval.run import EvalSettings
+
+    with pytest.raises(ConfigError, match="api_key= on the command line is visible"):
+        load_config(EvalSettings, None, ["api_key=s3cret"])
+    (tmp_path / "eval.yaml").write_text("api_key: s3cret\n")
+    cfg = load_config(EvalSettings, tmp_path / "eval.yaml", ["api_key=null"])
+    assert cfg.api_key is None
+    cfg = load_config(EvalSettings, tmp_path / "eval.yaml")
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert cfg.api_key == "s3cret" and "s3cret" not in (tmp_path / "resolved.yaml").read_text()
