@@ -19,7 +19,8 @@ ARGS ?=
 # `make sft model=PATH output_dir=DIR max_steps=N` passes these through as config overrides
 SFT_OVERRIDES := $(foreach v,model output_dir max_steps corpora,$(if $($(v)),$(v)=$($(v))))
 
-.PHONY: install data sft serve eval demo test test-fast bench bench-eval-speed bench-sft-speed bench-accuracy bench-reliability clean
+# .PHONY: targets that are not files
+.PHONY: install install-browser data sft serve eval demo test test-fast bench bench-eval-speed bench-sft-speed bench-accuracy bench-reliability clean
 
 install: $(STAMP)
 
@@ -33,6 +34,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[sft,test]'
 	$(BIN)/python -c "import torch, transformers, trl, peft, bitsandbytes, datasets, vllm, seqeval, xgrammar; import medner.cli; print('medner environment ok: torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__)"
 	touch $(STAMP)
+
+# a real browser for the page test (Debian's Chromium and its driver; the test is skipped without them)
+install-browser:
+	apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
 data: $(STAMP)
 	@for c in ncbi-disease bc5cdr cmedqaner; do for s in train dev test; do \

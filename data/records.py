@@ -32,13 +32,21 @@ def record_tags(record: dict) -> list[str]:
         [tuple(o) for o in record["token_offsets"]], [(e["start"], e["end"], e["type"]) for e in record["entities"]]
     )
     if dropped:
-        raise ValueError(f"record {record['id']}: gold entities overlap: {dropped}")
+        # nested or overlapping gold (kept in records imported from annotation tools): BIO holds one layer
+        import logging
+
+        logging.getLogger(__name__).warning("record %s: %d overlapping gold mention(s) left out of its BIO tags: %s", record["id"], len(dropped),
+                                            [(d[0], d[1], d[2]) if isinstance(d, (list, tuple)) else d for d in dropped])
     return spans_to_tags(len(record["tokens"]), spans)
 
 
 def convert(corpus: Corpus, split: str) -> list[dict]:
     """All records of one split. Raises BioError (with every file:line problem) on invalid input."""
     path = corpus.file(split)
+    if corpus.format != "bio":
+        from medner.data.formats import read_annotated
+
+        return read_annotated(path, corpus.format, corpus.lang, corpus.label_names, f"{corpus.name}:{split}")
     sentences, problems = read_bio(path, corpus.scheme, corpus.label_names)
     if problems:
         raise BioError(problems)

@@ -12,7 +12,8 @@ from medner.data.bio import SCHEMES
 
 DEFAULT_REGISTRY = Path(__file__).with_name("corpora.yaml")
 SPLITS = ("train", "dev", "test")
-_KEYS = {"lang", "scheme", "files", "labels", "notice"}
+_KEYS = {"lang", "scheme", "format", "files", "labels", "notice"}
+FORMATS = ("bio", "labelstudio", "doccano", "brat")  # see medner.data.formats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Corpus:
     files: dict[str, Path]
     labels: tuple[Label, ...]
     notice: Path | None = None
+    format: str = "bio"  # bio | labelstudio | doccano | brat
 
     @property
     def label_names(self) -> list[str]:
@@ -70,6 +72,9 @@ def load_registry(path: str | Path | None = None) -> dict[str, Corpus]:
         scheme = entry.get("scheme", "iob2")
         if scheme not in SCHEMES:
             raise RegistryError(f"{where}: scheme must be one of {SCHEMES}, not {scheme!r}")
+        fmt = entry.get("format", "bio")
+        if fmt not in FORMATS:
+            raise RegistryError(f"{where}: format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         files = {}
         for split, rel in entry["files"].items():
             if split not in SPLITS:
@@ -80,7 +85,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, Corpus]:
             spec = spec or {}
             labels.append(Label(str(lab), str(spec.get("display", lab)), str(spec.get("description", ""))))
         notice = (base / entry["notice"]).resolve() if entry.get("notice") else None
-        out[name] = Corpus(name, entry["lang"], scheme, files, tuple(labels), notice)
+        out[name] = Corpus(name, entry["lang"], scheme, files, tuple(labels), notice, fmt)
     return out
 
 

@@ -33,6 +33,40 @@ def _score(a: argparse.Namespace) -> int:
     return 0
 
 
+def _export(a: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from medner.data.formats import to_doccano, to_labelstudio, write_brat
+    from medner.data.records import convert, read_jsonl
+    from medner.data.registry import get_corpus
+
+    run = Path(a.run_dir)
+    if not (run / "predictions.jsonl").is_file():
+        raise ValueError(f"{run}: no predictions.jsonl (an eval run folder)")
+    preds = [obj for _, obj in read_jsonl(run / "predictions.jsonl")]
+    gold = None
+    cfg = yaml.safe_load((run / "config.resolved.yaml").read_text()) if (run / "config.resolved.yaml").is_file() else {}
+    if cfg.get("corpus") and cfg.get("split"):
+        gold = {r["id"]: r for r in convert(get_corpus(cfg["corpus"]), cfg["split"])}
+    out = Path(a.out or run / f"export-{a.format}")
+    if a.format == "brat":
+        write_brat(preds, out)
+    else:
+        out = out.with_suffix(".json" if a.format == "labelstudio" else ".jsonl")
+        rows = to_labelstudio(preds, gold) if a.format == "labelstudio" else to_doccano(preds)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as fh:
+            if a.format == "labelstudio":
+                json.dump(rows, fh, ensure_ascii=False, indent=1)
+            else:
+                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    print(f"wrote {len(preds)} predictions ({'with gold as a second annotation set' if gold and a.format == 'labelstudio' else 'predictions only'}) to {out}")
+    return 0
+
+
 def _compare(a: argparse.Namespace) -> int:
     from medner.eval.compare import compare
 
@@ -53,6 +87,11 @@ def add_eval_commands(stages) -> None:
     s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
     s.add_argument("--no-text", action="store_true", help="reports without any text from the records")
     s.set_defaults(func=_score)
+    x = ev.add_parser("export", help="an eval run's predictions for review in Label Studio, Doccano or brat")
+    x.add_argument("run_dir")
+    x.add_argument("--format", required=True, choices=["labelstudio", "doccano", "brat"])
+    x.add_argument("--out", help="file (labelstudio, doccano) or folder (brat); default: <run_dir>/export-<format>")
+    x.set_defaults(func=_export)
     c = ev.add_parser("compare", help="two runs side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")

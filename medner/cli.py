@@ -42,15 +42,27 @@ def _data_validate(a: argparse.Namespace) -> int:
     from medner.data.bio import read_bio
     from medner.data.registry import get_corpus
 
-    labels = get_corpus(a.corpus).label_names if a.corpus else None
+    corpus = get_corpus(a.corpus) if a.corpus else None
+    labels = corpus.label_names if corpus else None
+    fmt = a.format or (corpus.format if corpus else "bio")
+    lang = a.lang or (corpus.lang if corpus else "en")
     bad = 0
     for f in a.files:
-        sents, problems = read_bio(f, a.scheme, labels)
+        if fmt != "bio":
+            from medner.data.bio import BioError
+            from medner.data.formats import read_annotated
+
+            try:
+                sents, problems = read_annotated(f, fmt, lang, labels, "validate"), []
+            except BioError as e:
+                sents, problems = [], e.problems
+        else:
+            sents, problems = read_bio(f, a.scheme, labels)
         for p in problems:
             print(p, file=sys.stderr)
         bad += len(problems)
         if not problems:
-            print(f"{f}: ok ({len(sents)} sentences, scheme {a.scheme})")
+            print(f"{f}: ok ({len(sents)} {'sentences, scheme ' + a.scheme if fmt == 'bio' else 'records, format ' + fmt})")
     if bad:
         print(f"{bad} problem(s) found", file=sys.stderr)
     return 1 if bad else 0
@@ -74,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("files", nargs="+")
     v.add_argument("--corpus", help="also check labels against this registered corpus")
     v.add_argument("--scheme", default="iob2", choices=["iob2", "iob1", "bioes"])
+    v.add_argument("--format", choices=["bio", "labelstudio", "doccano", "brat"], help="file format (default: the corpus's, else bio)")
+    v.add_argument("--lang", choices=["en", "zh"], help="tokenization of annotation-tool files (default: the corpus's, else en)")
     v.set_defaults(func=_data_validate)
 
     from medner.sft.commands import add_sft_commands

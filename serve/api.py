@@ -6,8 +6,10 @@ A small FastAPI app on its own port that calls the vLLM server through :class:`E
                       {"text": "...", "labels": ["Disease"] | {"Disease": "description"}, "lang": "en"}
     -> {"text", "entities": [{"text", "type", "start", "end"}], "dropped": [...], "status"}
     GET  /health      -> {"status": "ok", "upstream": URL} or 503 when the vLLM server is down
+    GET  /            -> a page: paste text, see the entities highlighted (served with the app, works offline)
+    GET  /v1/corpora  -> the registered corpora with their languages and labels
 
-With an API key configured, every endpoint but ``/health`` wants ``Authorization: Bearer KEY`` (401
+With an API key configured, every endpoint but ``/health`` and the page wants ``Authorization: Bearer KEY`` (401
 otherwise; compared in constant time). Limits (:class:`Limits`) bound what one request may cost: text
 size (413), ad-hoc labels and their descriptions (422), time (504) and requests in flight (429 beyond).
 An upstream that is down or dies mid-request gives 503 with one line, never a hang or a traceback.
@@ -20,10 +22,11 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from medner.data.registry import RegistryError, get_corpus
@@ -32,7 +35,8 @@ from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_f
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/health",)  # and "/" (the page) once there is one
+OPEN_PATHS = ("/health", "/")  # the page asks for the key and sends it with each request
+PAGE = Path(__file__).with_name("static") / "index.html"
 
 
 @dataclasses.dataclass
@@ -101,6 +105,17 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
             versions[name] = c.task_version(None)  # the served model's trained prompt version (v1 without a record)
             clients[name] = c
         return clients[name]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        """A page to paste text and see the entities highlighted (plain HTML + JavaScript, nothing external)."""
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/v1/corpora")
+    async def corpora():
+        from medner.data.registry import load_registry
+
+        return {"corpora": [{"name": c.name, "lang": c.lang, "labels": c.label_names} for c in load_registry().values()]}
 
     @app.get("/health")
     async def health():

@@ -230,3 +230,14 @@ def test_api_caps_requests_in_flight_and_times_out_against_the_real_server(vllm_
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_python_extractor_gives_what_the_cli_gives(vllm_server):
+    from medner import Extractor
+
+    ner = Extractor(url=vllm_server, corpus="ncbi-disease")
+    one = ner.extract(TEXT)
+    cli = json.loads(run_medner("extract", "--url", vllm_server, "--model", "ner", "--corpus", "ncbi-disease", TEXT, check=True).stdout)
+    assert one["status"] == "ok" and one["entities"] == cli["entities"]
+    many = ner.extract_many([{"id": "a", "text": TEXT}, {"id": "b", "text": ""}])
+    assert [r["id"] for r in many] == ["a", "b"] and many[0]["entities"] == one["entities"] and many[1]["entities"] == []
