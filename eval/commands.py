@@ -29,7 +29,7 @@ def _score(a: argparse.Namespace) -> int:
     missing = report["failures"]["missing"]["count"]
     if missing:
         print(f"note: {missing} gold record(s) have no prediction; scored as no entities")
-    write_report(report, a.out, with_text=not a.no_text)
+    write_report(report, a.out, with_text=not a.no_text, records=gold, preds=preds)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Reports of a scored run: ``report.json`` (machine-readable), ``report.md`` and ``per_type_f1.png``."""
+"""Reports of a scored run: ``report.json`` (machine-readable), ``report.md``, ``report.html`` and ``per_type_f1.png``."""
 
 from __future__ import annotations
 
@@ -87,11 +87,16 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, out: str | Path, with_text: bool = True) -> None:
+def write_report(report: dict, out: str | Path, with_text: bool = True, records=None, preds: dict | None = None) -> None:
+    """report.json, report.md, per_type_f1.png and report.html (with the records and predictions, when given,
+    the records with errors as highlighted sentences)."""
+    from medner.eval.html import render
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dump(report, out / "report.json")
     (out / "report.md").write_text(markdown(report, with_text), encoding="utf-8")
+    (out / "report.html").write_text(render(report, records, preds, with_text), encoding="utf-8")
     plot(report, out / "per_type_f1.png")
     print(table(report))
     fails = ", ".join(f"{k} {v['count']}" for k, v in report["failures"].items())

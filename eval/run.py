@@ -223,5 +223,5 @@ def run(cfg: EvalSettings) -> dict:
         report["throughput"]["backend"] = cfg.backend
     report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained, "grounded": grounded or False, "prompt_version": task.prompt_version,
                      "model": cfg.served_model if cfg.backend == "server" else cfg.model, "adapter": cfg.adapter, "resumed_records": len(done)}
-    write_report(report, out, with_text=not cfg.no_text)
+    write_report(report, out, with_text=not cfg.no_text, records=gold, preds=preds)
     return report

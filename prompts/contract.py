@@ -168,7 +168,9 @@ def parse_reply(raw: str | None, finish_reason: str | None, text: str, token_off
         out.update(status="truncated", error="reply hit max_tokens before it ended")
         return out
     try:
-        answer = json.loads(raw or "")
+        # strict=False: a raw TAB inside a string is accepted, since xgrammar's JSON grammar (the
+        # decoding constraint) admits them and a constrained reply must never be lost as "invalid JSON"
+        answer = json.loads(raw or "", strict=False)
     except json.JSONDecodeError as e:
         out.update(status="invalid_json", error=f"not valid JSON: {e.msg} at char {e.pos}")
         return out

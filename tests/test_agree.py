@@ -94,8 +94,17 @@ def test_hf_vllm_and_server_give_the_same_replies(tiny_model, agree_adapter, tmp
     # the adapter changes replies, so agreement below is not the agreement of empty answers
     assert 16 - same("vllm", "base") >= 3, raw
     # bf16 kernels differ between transformers and vLLM, and a random tiny model has flat logits: near-ties
-    # flip, so hf = vllm is not 16 of 16 (the real-model benchmark holds the strict figure)
-    assert same("hf", "vllm") >= 6, (raw["hf"], raw["vllm"])
+    # flip somewhere in its long replies, so whole replies are not 16 of 16 equal (the real-model benchmark
+    # holds the strict figure). What a different format, prompt or adapter would break is the start: every
+    # reply must agree on the answer format's opening (`{"entities":[`, 13 characters), and most on 48.
+    def common_prefix(i):
+        a, b = json.loads(raw["hf"][i]), json.loads(raw["vllm"][i])
+        a, b = "".join(a or []), "".join(b or [])
+        return len(a) if a == b else next(k for k, (x, y) in enumerate(zip(a + "\0", b + "\1")) if x != y)
+
+    prefixes = [common_prefix(i) for i in ids]
+    assert min(prefixes) >= 13, (prefixes, raw["hf"], raw["vllm"])
+    assert sum(p >= 48 or raw["hf"][i] == raw["vllm"][i] for p, i in zip(prefixes, ids)) >= 8, (prefixes, raw["hf"], raw["vllm"])
     assert same("vllm", "server") >= 12, (raw["vllm"], raw["server"])
 
 

@@ -161,3 +161,23 @@ def test_score_cli_reports_and_no_text(tmp_path):
     assert proc.returncode == 1 and f"{bad}:1: unknown id 'nope'" in proc.stderr
     cmp = run_medner("eval", "compare", str(tmp_path / "rep"), str(tmp_path / "private"), check=True)
     assert "| Disease |" in cmp.stdout and "+0.00" in cmp.stdout
+
+
+def test_report_html_shows_errors_as_highlighted_sentences_and_no_text_hides_them(tmp_path):
+    from medner.data.records import convert
+    from medner.data.registry import get_corpus
+    from medner.eval.report import write_report
+    from medner.eval.score import score
+
+    recs = [r for r in convert(get_corpus("ncbi-disease"), "test")[:30] if r["entities"]][:6]
+    preds = {r["id"]: {"id": r["id"], "text": r["text"], "status": "ok", "entities": r["entities"][1:]} for r in recs}  # the first mention missed
+    rep = score(recs, preds, bootstrap=0)
+    write_report(rep, tmp_path / "a", records=recs, preds=preds)
+    page = (tmp_path / "a" / "report.html").read_text()
+    first = recs[0]["entities"][0]
+    assert page.startswith("<!doctype html>") and f'id="{recs[0]["id"]}"' in page
+    assert f'<mark class="fn" title="Disease [{first["start"]}, {first["end"]})">' in page and 'per_type_f1.png' in page
+    assert "http://" not in page and "https://" not in page
+    write_report(rep, tmp_path / "b", with_text=False, records=recs, preds=preds)
+    hidden = (tmp_path / "b" / "report.html").read_text()
+    assert all(r["text"][:30] not in hidden for r in recs) and "no sentence" in hidden

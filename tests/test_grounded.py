@@ -168,3 +168,14 @@ def test_grounded_needs_constrained_in_one_line(tmp_path):
     proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "grounded=true", "constrained=false", f"out={tmp_path}")
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 1 and len(err) == 1 and "needs constrained=true" in err[0], proc.stderr[-1000:]
+
+
+def test_a_raw_control_character_that_the_schema_constraint_admits_is_parsed():
+    """xgrammar's JSON-schema grammar lets a raw TAB into a string (seen from a random adapter); the parser
+    accepts what the constraint admits, so such a reply is not lost as invalid JSON."""
+    from medner.prompts.contract import parse_reply
+    from medner.prompts.schema import answer_schema
+
+    text = "fever\tand cough"
+    out = parse_reply('{"entities":[{"text":"fever\tand","type":"Disease"}]}', "stop", text, [(0, 5), (6, 9), (10, 15)], answer_schema(["Disease"], text, 3))
+    assert out["status"] == "ok" and out["entities"][0]["text"] == "fever\tand"

@@ -40,7 +40,9 @@ def test_stages_import_downwards_only():
 
 
 def test_shared_helpers_do_not_import_stages_above_the_contract():
-    skip = {"cli.py", "demo.py"}  # the command line and the demo sit on top of everything
+    # the command line and the demo sit on top of everything; the package's __init__ is its public face
+    # (`from medner import Extractor`, imported lazily)
+    skip = {"cli.py", "demo.py", "__init__.py"}
     bad = []
     for f in (ROOT / "medner").glob("*.py"):
         if f.name in skip:
