@@ -10,6 +10,7 @@ not a trained model. ``python -m medner.demo --out DIR --limit N --steps N``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=12, help="SFT steps")
     a = ap.parse_args()
     out = Path(a.out)
+    for old in (out / "sft", out / "eval"):  # a demo starts over (the tiny model is kept)
+        shutil.rmtree(old, ignore_errors=True)
     tiny = out / "tiny-qwen2"
     if not (tiny / "config.json").is_file():
         medner("sft", "make-tiny", str(tiny))

@@ -168,6 +168,25 @@ def check_lengths(pairs: list[dict], tokenizer, max_length: int) -> tuple[int, f
     return longest, total / max(1, len(pairs))
 
 
+# what a run cannot change and still be resumed: the data, the prompts, the model and the adapter's shape
+RESUME_KEYS = ("model", "corpora", "train_split", "max_train_examples", "max_empty_fraction", "seed", "prompt_version", "window_tokens",
+               "quantization", "lora_r", "lora_alpha", "lora_target_modules", "batch_size", "grad_accum")
+
+
+def check_resumable(cfg: SFTSettings, out: Path) -> None:
+    """Refuse to resume checkpoints that another setup wrote into the same output_dir (one line)."""
+    import yaml
+
+    old_path = out / "config.resolved.yaml"
+    if not (old_path.is_file() and latest_checkpoint(out)):
+        return
+    old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
+    changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(f"{out} holds checkpoints of another setup ({', '.join(f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
+                          "use another output_dir, or delete it to start over")
+
+
 def pick_device(cfg: SFTSettings) -> str:
     import torch
 
@@ -246,6 +265,7 @@ def train(cfg: SFTSettings) -> Path:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg, out)
     save_config(cfg, out / "config.resolved.yaml")
     corpora = {name: get_corpus(name) for name in cfg.corpora}  # fail fast on an unknown corpus
     template_hash(cfg.prompt_version)  # fail fast on an unknown prompt version

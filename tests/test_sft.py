@@ -291,3 +291,14 @@ def test_a_pause_file_holds_the_run_and_is_not_training_time(tiny_model, tmp_pat
     s = json.loads((out / "summary.json").read_text())
     assert s["paused_s"] >= 8 and s["steps"] == 3
     assert s["train_wall_s"] < s["segment_wall_s"] - s["paused_s"] + 1
+
+
+def test_a_run_of_another_setup_is_not_resumed(tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={json.loads((out / 'adapter/medner_run.json').read_text())['base_model']['path']}",
+                      f"output_dir={out}", "max_steps=8", "prompt_version=v1")
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.returncode == 1 and len(err) == 1 and "holds checkpoints of another setup (prompt_version: 'compact-v1' -> 'v1')" in err[0], proc.stderr[-1500:]
