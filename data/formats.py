@@ -68,21 +68,16 @@ def _docs_labelstudio(path: Path) -> Iterator[tuple[int, str, list]]:
 
 
 def _docs_doccano(path: Path) -> Iterator[tuple[int, str, list]]:
-    with path.open(encoding="utf-8-sig") as fh:
-        for line, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise BioError([Problem(str(path), line, f"not valid JSON ({e.msg})")]) from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise BioError([Problem(str(path), line, "record without a string 'text'")])
-            if "entities" in obj:
-                spans = [(e.get("start_offset"), e.get("end_offset"), e.get("label")) for e in obj["entities"]]
-            else:
-                spans = [tuple(x) if isinstance(x, (list, tuple)) and len(x) == 3 else (None, None, None) for x in obj.get("label", [])]
-            yield line, obj["text"], spans
+    from medner.data.records import read_jsonl
+
+    for line, obj in read_jsonl(path):
+        if not isinstance(obj.get("text"), str):
+            raise BioError([Problem(str(path), line, "record without a string 'text'")])
+        if "entities" in obj:
+            spans = [(e.get("start_offset"), e.get("end_offset"), e.get("label")) for e in obj["entities"]]
+        else:
+            spans = [tuple(x) if isinstance(x, (list, tuple)) and len(x) == 3 else (None, None, None) for x in obj.get("label", [])]
+        yield line, obj["text"], spans
 
 
 def _docs_brat(path: Path) -> Iterator[tuple[int, str, list]]:
@@ -119,8 +114,10 @@ def read_annotated(path: str | Path, fmt: str, lang: str, labels: list[str] | No
     records = []
     try:
         docs = list(reader(path))
+    except BioError:
+        raise
     except (ValueError, OSError) as e:
-        if isinstance(e, BioError):
+        if str(e).startswith(f"{path}:"):  # already placed at file:line (read_jsonl)
             raise
         raise BioError([Problem(str(path), None, str(e))]) from None
     for i, doc in enumerate(docs):
