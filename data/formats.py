@@ -182,3 +182,29 @@ def write_brat(rows: list[dict], folder: Path) -> None:
         stem.with_suffix(".txt").write_text(r["text"], encoding="utf-8")
         stem.with_suffix(".ann").write_text("".join(f"T{j + 1}\t{e['type']} {e['start']} {e['end']}\t{e['text']}\n" for j, e in enumerate(r.get("entities", []))),
                                             encoding="utf-8")
+
+
+def write_tool_format(rows: list[dict], fmt: str, out: str | Path | None, gold: dict[str, dict] | None = None) -> None:
+    """Rows (records or results) as a Label Studio import (gold, where given, as the annotation set), Doccano
+    JSONL, or a brat folder; ``out`` None = standard output (not for brat, which is a folder)."""
+    import sys
+
+    if fmt == "brat":
+        if not out:
+            raise ValueError("--format brat writes a folder: give --out DIR")
+        write_brat(rows, Path(out))
+        return
+    if fmt not in ("labelstudio", "doccano"):
+        raise ValueError(f"format must be labelstudio, doccano or brat, not {fmt!r}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fh = open(out, "w", encoding="utf-8") if out else sys.stdout
+    try:
+        if fmt == "labelstudio":
+            json.dump(to_labelstudio(rows, gold), fh, ensure_ascii=False, indent=1)
+            fh.write("\n")
+        else:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in to_doccano(rows))
+    finally:
+        if fh is not sys.stdout:
+            fh.close()

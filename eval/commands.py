@@ -34,12 +34,11 @@ def _score(a: argparse.Namespace) -> int:
 
 
 def _export(a: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import yaml
 
-    from medner.data.formats import to_doccano, to_labelstudio, write_brat
+    from medner.data.formats import write_tool_format
     from medner.data.records import convert, read_jsonl
     from medner.data.registry import get_corpus
 
@@ -52,17 +51,9 @@ def _export(a: argparse.Namespace) -> int:
     if cfg.get("corpus") and cfg.get("split"):
         gold = {r["id"]: r for r in convert(get_corpus(cfg["corpus"]), cfg["split"])}
     out = Path(a.out or run / f"export-{a.format}")
-    if a.format == "brat":
-        write_brat(preds, out)
-    else:
+    if a.format != "brat" and not a.out:
         out = out.with_suffix(".json" if a.format == "labelstudio" else ".jsonl")
-        rows = to_labelstudio(preds, gold) if a.format == "labelstudio" else to_doccano(preds)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as fh:
-            if a.format == "labelstudio":
-                json.dump(rows, fh, ensure_ascii=False, indent=1)
-            else:
-                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_tool_format(preds, a.format, out, gold)
     print(f"wrote {len(preds)} predictions ({'with gold as a second annotation set' if gold and a.format == 'labelstudio' else 'predictions only'}) to {out}")
     return 0
 

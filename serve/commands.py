@@ -91,7 +91,9 @@ def _extract(a: argparse.Namespace) -> int:
     task = task_for(corpus, labels, a.lang, prompt_version=client.task_version(a.prompt_version, adapter))
     results = client.extract(items, task, progress=len(items) > 1)
     if a.format:
-        _write_tool_format(results, a.format, a.out)
+        from medner.data.formats import write_tool_format
+
+        write_tool_format(results, a.format, a.out)
         failed = sum(1 for r in results if r["status"] != "ok")
         if failed:
             print(f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)", file=sys.stderr)
@@ -111,27 +113,6 @@ def _extract(a: argparse.Namespace) -> int:
         print(f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)", file=sys.stderr)
         return 1
     return 0
-
-
-def _write_tool_format(results: list[dict], fmt: str, out: str | None) -> None:
-    """Results as a Label Studio import (predictions), Doccano JSONL or a brat folder (--out)."""
-    from medner.data.formats import to_doccano, to_labelstudio, write_brat
-
-    if fmt == "brat":
-        if not out:
-            raise ValueError("--format brat writes a folder: give --out DIR")
-        write_brat(results, Path(out))
-        return
-    fh = open(out, "w", encoding="utf-8") if out else sys.stdout
-    try:
-        if fmt == "labelstudio":
-            json.dump(to_labelstudio(results), fh, ensure_ascii=False, indent=1)
-            fh.write("\n")
-        else:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in to_doccano(results))
-    finally:
-        if fh is not sys.stdout:
-            fh.close()
 
 
 def _api(a: argparse.Namespace) -> int:
