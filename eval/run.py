@@ -117,17 +117,16 @@ def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
         )
 
 
-def _task(cfg: EvalSettings, corpus, model_dir: Path | None):
-    """The task, with the prompt version the model was trained with (checked against its run record)."""
+def _task(cfg: EvalSettings, corpus, model_dir: Path | None, server=None):
+    """The task, with the prompt version the model was trained with (checked against its run record;
+    ``server``: the server backend, whose served folder may carry the record)."""
     from medner.prompts.contract import task_for
     from medner.runrecord import check_adapter, prompt_version_for
 
     if cfg.adapter:
         version = check_adapter(cfg.adapter, model_dir, corpus, cfg.prompt_version)["prompt_version"]
-    elif cfg.backend == "server":
-        client = make_backend(cfg, None).client
-        client.check_server()
-        version = client.task_version(cfg.prompt_version)
+    elif server is not None:
+        version = server.client.task_version(cfg.prompt_version)  # the backend has checked the server already
     else:
         version = prompt_version_for(cfg.prompt_version, None, str(cfg.model))
     return task_for(corpus, prompt_version=version)
@@ -189,7 +188,9 @@ def run(cfg: EvalSettings) -> dict:
         from medner.models import resolve_model
 
         model_dir = resolve_model(cfg.model)
-    task = _task(cfg, corpus, model_dir)
+    # the adapter is checked now; a server (without a local adapter) is asked for its prompt version only when
+    # there is something to predict, so a finished run can be rescored with the server down
+    task = _task(cfg, corpus, model_dir) if (cfg.adapter or cfg.backend != "server") else None
     pred_path = out / "predictions.jsonl"
     ids = {r["id"] for r in gold}
     done = _load_done(pred_path, ids) if cfg.resume else {}
@@ -211,6 +212,7 @@ def run(cfg: EvalSettings) -> dict:
             from medner.eval.backends import predict
 
             backend = make_backend(cfg, model_dir)
+            task = task or _task(cfg, corpus, model_dir, backend)
             wall = predict(backend, todo, task, write, cfg.window_tokens, cfg.constrained, cfg.max_tokens, grounded=grounded)
     finally:
         fh.close()
@@ -221,7 +223,7 @@ def run(cfg: EvalSettings) -> dict:
     report["throughput"] = throughput(fresh, wall if fresh else None)
     if report["throughput"]:
         report["throughput"]["backend"] = cfg.backend
-    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained, "grounded": grounded or False, "prompt_version": task.prompt_version,
+    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained, "grounded": grounded or False, "prompt_version": task.prompt_version if task else cfg.prompt_version,
                      "model": cfg.served_model if cfg.backend == "server" else cfg.model, "adapter": cfg.adapter, "resumed_records": len(done)}
     write_report(report, out, with_text=not cfg.no_text, records=gold, preds=preds)
     return report
