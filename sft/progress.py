@@ -71,6 +71,13 @@ class WallClock(TrainerCallback):
             control.should_save = True
 
 
+def write_snapshot(folder: Path, step: int, examples: int, train_wall_s: float) -> dict:
+    """``snapshot.json``: where in the run an adapter was kept (what the learning curve plots)."""
+    meta = {"step": step, "examples": examples, "train_wall_s": train_wall_s}
+    (folder / "snapshot.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
 class Snapshots(TrainerCallback):
     """Keep the adapter when the run has seen each of ``at`` training examples: ``<out>/curve/step-N/`` with
     ``snapshot.json`` (step, examples seen, cumulative training seconds) and the run record."""
@@ -94,7 +101,6 @@ class Snapshots(TrainerCallback):
         t0 = time.perf_counter()
         kw["model"].save_pretrained(str(target))
         self.write_meta(target, step)
-        meta = {"step": step, "examples": step * self.examples_per_step, "train_wall_s": self.clock.total}
-        (target / "snapshot.json").write_text(json.dumps(meta, indent=2) + "\n")
+        meta = write_snapshot(target, step, step * self.examples_per_step, self.clock.total)
         log.info("learning-curve snapshot: %s (%d examples, %.0f s of training)", target, meta["examples"], meta["train_wall_s"])
         self.clock.exclude(time.perf_counter() - t0)

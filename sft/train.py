@@ -257,7 +257,7 @@ def train(cfg: SFTSettings) -> Path:
     from medner.data.registry import get_corpus
     from medner.runrecord import write_record
     from medner.sft.dev_eval import DevEvalCallback
-    from medner.sft.progress import Snapshots, WallClock
+    from medner.sft.progress import Snapshots, WallClock, write_snapshot
     from medner.models import resolve_model, tokenizer_hash, weights_hash
     from medner.sft.plots import write_loss_curve
 
@@ -343,11 +343,11 @@ def train(cfg: SFTSettings) -> Path:
         tokenizer.save_pretrained(str(folder))
 
     clock = WallClock(cfg.max_train_wall_s, pause_dir=out)
+    examples_per_step = cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))
     dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg, clock=clock)
     callbacks = [clock, dev_cb]
     if cfg.curve_examples:
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        callbacks.insert(1, Snapshots(cfg.curve_examples, cfg.batch_size * cfg.grad_accum * world, out, clock, write_meta))
+        callbacks.insert(1, Snapshots(cfg.curve_examples, examples_per_step, out, clock, write_meta))
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks)
     dev_cb.trainer = trainer
     resume = latest_checkpoint(out)
@@ -361,8 +361,8 @@ def train(cfg: SFTSettings) -> Path:
     trainer.model.save_pretrained(str(final))
     tokenizer.save_pretrained(str(final))
     record = record_for(trainer.state.global_step)
-    examples_seen = trainer.state.global_step * cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))
-    (final / "snapshot.json").write_text(json.dumps({"step": trainer.state.global_step, "examples": examples_seen, "train_wall_s": clock.total}, indent=2) + "\n")
+    examples_seen = trainer.state.global_step * examples_per_step
+    write_snapshot(final, trainer.state.global_step, examples_seen, clock.total)
     write_record(final, record)
     shutil.copy(out / "config.resolved.yaml", final / "config.resolved.yaml")
     shutil.copy(out / "data_manifest.json", final / "data_manifest.json")
