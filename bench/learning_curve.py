@@ -89,22 +89,45 @@ def main() -> int:
     ap.add_argument("--name", help="run folder name (default: curve-<train corpora>)")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
     ap.add_argument("--train-only", action="store_true", help="stop after training (evaluate later with the same command)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="evaluate the snapshots kept so far without training further (a run stopped part-way: recorded with "
+                         "training_complete false; rerun without it to resume training)")
     a = ap.parse_args()
     mix = a.train_corpora or a.corpus
     run = Path(a.run_dir) / (a.name or f"curve-{mix.replace(',', '+')}")
     run.mkdir(parents=True, exist_ok=True)
     log = run / "bench.log"
     points = a.points or DEFAULT_POINTS.get(a.corpus, "256,504,1000,2000,4000")
-    if not (run / "adapter" / "snapshot.json").is_file():
+    if a.eval_only and a.train_only:
+        ap.error("--eval-only and --train-only exclude each other")
+    if not (run / "adapter" / "snapshot.json").is_file() and not a.eval_only:
         medner("sft", "train", "--config", a.config, f"model={a.model}", f"corpora=[{mix}]", "max_train_examples=null", f"num_epochs={a.epochs}",
                f"output_dir={run}", f"curve_examples=[{points}]", "dev_examples=0", "eval_steps=0",
                *([f"max_train_wall_s={a.budget_s}"] if a.budget_s else []), *a.sft_override, log=log)
     if a.train_only:
         return 0
-    summary = json.loads((run / "summary.json").read_text())
+    summary = training_summary(run)
+    if not snapshots(run):
+        raise SystemExit(f"{run}: no snapshot kept yet (curve/step-N/snapshot.json): train first")
     for corpus in a.corpus.split(","):
         record_curve(a, run, corpus, mix, points, summary, log)
     return 0
+
+
+def training_summary(run: Path) -> dict:
+    """The finished run's summary.json; for a run stopped part-way, what its newest snapshot knows."""
+    if (run / "summary.json").is_file():
+        return {**json.loads((run / "summary.json").read_text()), "training_complete": True}
+    kept = snapshots(run)
+    last = json.loads((kept[-1] / "snapshot.json").read_text()) if kept else {}
+    config = run / "config.resolved.yaml"
+    version = None
+    if config.is_file():
+        import yaml
+
+        version = (yaml.safe_load(config.read_text()) or {}).get("prompt_version")
+    return {"steps": last.get("step"), "train_wall_s": last.get("train_wall_s"), "examples_seen": last.get("examples"),
+            "prompt_version": version, "training_complete": False}
 
 
 def record_curve(a, run: Path, corpus: str, mix: str, points: str, summary: dict, log: Path) -> None:
@@ -122,7 +145,7 @@ def record_curve(a, run: Path, corpus: str, mix: str, points: str, summary: dict
     plot(rows, corpus, ROOT / "bench" / "results" / f"{name}.png", title)
     metrics = {"best_dev_f1": best["dev_f1"], "best_examples": best["examples"], "best_train_wall_s": best["train_wall_s"],
                "points": len(rows), "dev_records": rows[-1]["dev_records"], "train_wall_s_total": summary.get("train_wall_s"),
-               "dev_eval_wall_s_total": sum(r["dev_eval_wall_s"] or 0 for r in rows)}
+               "dev_eval_wall_s_total": sum(r["dev_eval_wall_s"] or 0 for r in rows), "training_complete": summary["training_complete"]}
     write_result(name, metrics,
                  command=f"python -m bench.learning_curve --model MODEL --corpus {a.corpus} --points {points} --epochs {a.epochs}"
                          + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --budget-s {a.budget_s:.0f}" if a.budget_s else "")
@@ -131,7 +154,7 @@ def record_curve(a, run: Path, corpus: str, mix: str, points: str, summary: dict
                        "time up to that point over every resumed segment, dev evaluation excluded (dev_eval_wall_s, vLLM offline engine, merged model).",
                  extra={"curve": rows, "best_adapter": best["adapter"], "sft_summary": {k: summary.get(k) for k in (
                      "steps", "train_wall_s", "examples_seen", "train_examples", "mean_example_tokens", "prompt_version", "mode", "first_loss", "last_loss",
-                     "stopped_by_budget", "peak_rss_gib")}})
+                     "stopped_by_budget", "peak_rss_gib", "training_complete")}})
     print(json.dumps(metrics, indent=2))
 
 

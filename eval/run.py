@@ -5,9 +5,11 @@ Backends (``backend=``, see :mod:`medner.eval.backends`):
 * ``server``  an OpenAI-compatible endpoint (the vLLM server of ``make serve``), concurrent requests;
 * ``vllm``    vLLM's offline engine in-process (``vllm.LLM``), same engine settings as the server;
 * ``hf``      plain transformers ``generate`` (batched), schema-constrained through xgrammar with the
-              same answer format (``constrained=false`` says plainly that output is free).
+              same answer format (``constrained=false`` says plainly that output is free);
+* ``tokcls``  a token-classification run (``medner tokcls train``): one forward pass per window, BIO tags
+              decoded to spans (:mod:`medner.tokcls`); no prompts, no decoding constraint.
 
-All three run through one loop (:func:`medner.eval.backends.predict`): the same planner (windows,
+The three generative backends run through one loop (:func:`medner.eval.backends.predict`): the same planner (windows,
 bounded schema, ``max_tokens``) and the same parser, so they differ only in how tokens are produced.
 Long records are windowed and stitched back: one prediction per record, joined on the record ``id``.
 
@@ -30,13 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class EvalSettings:
-    # server | vllm | hf
+    # server | vllm | hf (generative) | tokcls (a `medner tokcls train` run: adapter=<run>/adapter)
     backend: str = "server"
     # server backend: the OpenAI-compatible base URL and the served model name ("ner" = adapter, "base" = zero-shot)
     url: str = "http://127.0.0.1:8000/v1"
     served_model: str = "ner"
     api_key: str | None = None
-    # vllm / hf backends: the base model (folder, .gguf or Hub id) and the adapter folder (null = zero-shot)
+    # vllm / hf backends: the base model (folder, .gguf or Hub id) and the adapter folder (null = zero-shot);
+    # tokcls: the run's adapter folder, and the base (null = the one named in its run record)
     model: str | None = None
     adapter: str | None = None
     # vllm / hf backends: merge the adapter into the base once (cached) and run the merged model.
@@ -151,6 +154,26 @@ def make_backend(cfg: EvalSettings, model_dir: Path | None):
     return HFBackend.load(model_dir, cfg.adapter, resolve_merge(cfg.merge), cfg.batch_size, cfg.max_model_len)
 
 
+def _predict_tokcls(cfg: EvalSettings, corpus, records: list[dict], write) -> float:
+    """Token classification over the records, in chunks; returns the wall time of tagging (model loading excluded)."""
+    import time
+
+    from medner.tokcls import TokenTagger
+
+    tagger = TokenTagger.load(cfg.adapter, cfg.model, corpus.name, batch_size=cfg.batch_size)
+    tagger.tag_records(records[:1])  # warm-up, untimed, as every backend gets
+    t0 = time.perf_counter()
+    step = max(1, 4 * cfg.batch_size)
+    for start in range(0, len(records), step):
+        chunk = records[start : start + step]
+        t = time.perf_counter()
+        results = tagger.tag_records(chunk)
+        took = time.perf_counter() - t
+        for rec, res in zip(chunk, results):
+            write({"id": rec["id"], "text": rec["text"], **res, "latency_s": took})
+    return time.perf_counter() - t0
+
+
 def run(cfg: EvalSettings) -> dict:
     from tqdm import tqdm
 
@@ -158,8 +181,8 @@ def run(cfg: EvalSettings) -> dict:
     from medner.eval.report import write_report
     from medner.eval.score import score, throughput
 
-    if cfg.backend not in ("server", "vllm", "hf"):
-        raise ConfigError(f"backend must be server, vllm or hf, not {cfg.backend!r}")
+    if cfg.backend not in ("server", "vllm", "hf", "tokcls"):
+        raise ConfigError(f"backend must be server, vllm, hf or tokcls, not {cfg.backend!r}")
     from medner.engine import resolve_merge
 
     from medner.prompts.contract import grounded_mode
@@ -171,6 +194,11 @@ def run(cfg: EvalSettings) -> dict:
         raise ConfigError(str(e)) from None
     if grounded and not cfg.constrained:
         raise ConfigError("grounded decoding is a decoding constraint: it needs constrained=true")
+    if cfg.backend == "tokcls":
+        if not cfg.adapter:
+            raise ConfigError("backend=tokcls needs adapter=DIR (the adapter folder of a `medner tokcls train` run)")
+        if grounded:
+            raise ConfigError("grounded=true applies to generative backends; token classification spans are spans of the input by construction")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out)
@@ -182,7 +210,16 @@ def run(cfg: EvalSettings) -> dict:
     if cfg.limit:
         gold = gold[: cfg.limit]
     model_dir = None
-    if cfg.backend in ("vllm", "hf"):
+    if cfg.backend == "tokcls":
+        from medner.tokcls import TokClsError, read_tokcls_record
+
+        try:
+            rec = read_tokcls_record(cfg.adapter)
+        except TokClsError as e:
+            raise ConfigError(str(e)) from None
+        if rec["corpus"] != corpus.name:
+            raise ConfigError(f"{cfg.adapter}: trained on {rec['corpus']!r}, not on {corpus.name!r}: its tag set is {rec['labels']}")
+    elif cfg.backend in ("vllm", "hf"):
         if not cfg.model:
             raise ConfigError(f"backend={cfg.backend} needs model=PATH (the base model)")
         from medner.models import resolve_model
@@ -190,7 +227,7 @@ def run(cfg: EvalSettings) -> dict:
         model_dir = resolve_model(cfg.model)
     # the adapter is checked now; a server (without a local adapter) is asked for its prompt version only when
     # there is something to predict, so a finished run can be rescored with the server down
-    task = _task(cfg, corpus, model_dir) if (cfg.adapter or cfg.backend != "server") else None
+    task = _task(cfg, corpus, model_dir) if cfg.backend != "tokcls" and (cfg.adapter or cfg.backend != "server") else None
     pred_path = out / "predictions.jsonl"
     ids = {r["id"] for r in gold}
     done = _load_done(pred_path, ids) if cfg.resume else {}
@@ -208,7 +245,9 @@ def run(cfg: EvalSettings) -> dict:
 
     wall = 0.0  # prediction time only: model loading and engine start are not part of throughput
     try:
-        if todo:
+        if todo and cfg.backend == "tokcls":
+            wall = _predict_tokcls(cfg, corpus, todo, write)
+        elif todo:
             from medner.eval.backends import predict
 
             backend = make_backend(cfg, model_dir)
@@ -223,7 +262,7 @@ def run(cfg: EvalSettings) -> dict:
     report["throughput"] = throughput(fresh, wall if fresh else None)
     if report["throughput"]:
         report["throughput"]["backend"] = cfg.backend
-    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained, "grounded": grounded or False, "prompt_version": task.prompt_version if task else cfg.prompt_version,
+    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained if cfg.backend != "tokcls" else None, "grounded": grounded or False, "prompt_version": task.prompt_version if task else cfg.prompt_version,
                      "model": cfg.served_model if cfg.backend == "server" else cfg.model, "adapter": cfg.adapter, "resumed_records": len(done)}
     write_report(report, out, with_text=not cfg.no_text, records=gold, preds=preds)
     return report

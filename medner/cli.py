@@ -2,6 +2,7 @@
 
     medner data convert|validate      BIO corpora -> records and instruction/JSON pairs
     medner sft train|make-tiny|merge  QLoRA fine-tuning with TRL
+    medner tokcls train               token classification (BIO head + LoRA), the classic baseline
     medner serve                      vLLM's OpenAI-compatible server with the adapter
     medner extract                    chat extraction queries against a server
     medner api                        the /v1/extract endpoint
@@ -90,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lang", choices=["en", "zh"], help="tokenization of annotation-tool files (default: the corpus's, else en)")
     v.set_defaults(func=_data_validate)
 
-    from medner.sft.commands import add_sft_commands
+    from medner.sft.commands import add_sft_commands, add_tokcls_commands
     from medner.serve.commands import add_serve_commands
     from medner.eval.commands import add_eval_commands
 
     add_sft_commands(stages)
+    add_tokcls_commands(stages)
     add_serve_commands(stages)
     add_eval_commands(stages)
     return p

@@ -55,6 +55,9 @@ def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = N
     rec = read_record(adapter_dir)
     if rec is None:
         raise RunRecordError(f"{adapter_dir}: no {RECORD_NAME}; not an adapter trained by `medner sft train`")
+    if rec.get("family", "generative") != "generative":
+        raise RunRecordError(f"{adapter_dir}: a {rec['family']} run (`medner tokcls train`), not a generative adapter; "
+                             "evaluate it with backend=tokcls and serve it with `medner api --tokcls`")
     version = rec.get("prompt_version", PROMPT_VERSION)
     if version not in prompt_versions():
         raise RunRecordError(f"{adapter_dir}: trained with prompt version {version!r}, which this medner does not have "

@@ -8,6 +8,9 @@ A small FastAPI app on its own port that calls the vLLM server through :class:`E
     GET  /health      -> {"status": "ok", "upstream": URL} or 503 when the vLLM server is down
     GET  /            -> a page: paste text, see the entities highlighted (served with the app, works offline)
     GET  /v1/corpora  -> the registered corpora with their languages and labels
+    POST /predict     {"text": "...", "corpus": "ncbi-disease"} -> {"text", "entities": [{"text", "type", "start", "end"}]}
+                      (only with ``--tokcls RUN_ADAPTER_DIR``: a token-classification run, in process, no vLLM;
+                      concurrent requests share forward passes, see :mod:`medner.serve.batching`)
 
 With an API key configured, every endpoint but ``/health`` and the page wants ``Authorization: Bearer KEY`` (401
 otherwise; compared in constant time). Limits (:class:`Limits`) bound what one request may cost: text
@@ -75,9 +78,15 @@ def _check_limits(req: ExtractRequest, limits: Limits) -> None:
             raise HTTPException(422, detail=f"a label or description is {longest} characters; the limit is {limits.max_label_chars} (max_label_chars)")
 
 
+class PredictRequest(BaseModel):
+    text: str = Field(..., description="the text to tag")
+    corpus: str | None = Field(None, description="the corpus the token-classification run was trained on (default: that one)")
+
+
 def create_app(url: str, model: str, api_key: str | None = None, window_tokens: int = 256, auth_key: str | None = None,
-               limits: Limits | None = None) -> FastAPI:
-    """``api_key``: sent to the upstream vLLM server; ``auth_key``: what clients of this app must send."""
+               limits: Limits | None = None, tagger=None) -> FastAPI:
+    """``api_key``: sent to the upstream vLLM server; ``auth_key``: what clients of this app must send;
+    ``tagger``: a loaded :class:`medner.tokcls.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
     limits = limits or Limits()
     app = FastAPI(title="medner extraction API", version="1")
     clients: dict[str, ExtractClient] = {}
@@ -117,8 +126,17 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
 
         return {"corpora": [{"name": c.name, "lang": c.lang, "labels": c.label_names} for c in load_registry().values()]}
 
+    batcher = None
+    if tagger is not None:
+        from medner.serve.batching import Batcher
+
+        batcher = Batcher(tagger.tag_texts, max_batch=max(1, tagger.batch_size))
+    app.state.predict_batcher = batcher
+
     @app.get("/health")
     async def health():
+        if tagger is not None:  # the in-process model is loaded (the app starts after it); the upstream is optional
+            return {"status": "ok", "tokcls": {"corpus": tagger.corpus, "labels": tagger.labels}, "upstream": url}
         try:
             async with httpx.AsyncClient(timeout=5) as http:
                 r = await http.get(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
@@ -140,6 +158,25 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
             raise HTTPException(504, detail=f"extraction took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
         finally:
             state["in_flight"] -= 1
+
+    @app.post("/predict")
+    async def predict(req: PredictRequest):
+        if batcher is None:
+            raise HTTPException(404, detail="no token-classification model here: start `medner api --tokcls RUN_ADAPTER_DIR`")
+        if len(req.text) > limits.max_text_chars:
+            raise HTTPException(413, detail=f"text is {len(req.text):,} characters; the limit is {limits.max_text_chars:,} (max_text_chars)")
+        if req.corpus and req.corpus != tagger.corpus:
+            raise HTTPException(422, detail=f"this model was trained on {tagger.corpus!r}, not {req.corpus!r}")
+        if state["in_flight"] >= limits.max_in_flight:
+            raise HTTPException(429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"})
+        state["in_flight"] += 1
+        try:
+            res = await asyncio.wait_for(batcher.submit(req.text), timeout=limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, detail=f"tagging took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
+        finally:
+            state["in_flight"] -= 1
+        return {"text": req.text, "entities": res["entities"], "corpus": tagger.corpus}
 
     async def _extract(req: ExtractRequest) -> dict:
         try:  # the request itself first: a bad one is 422 whether or not the upstream is up

@@ -132,7 +132,15 @@ def _api(a: argparse.Namespace) -> int:
         print(f"warning: /v1/extract on {a.host} without an API key: anyone who reaches port {a.port} can use it", file=sys.stderr)
     limits = Limits(max_text_chars=a.max_text_chars, max_labels=a.max_labels, max_label_chars=a.max_label_chars,
                     request_timeout_s=a.request_timeout, max_in_flight=a.max_in_flight)
-    app = create_app(url, model, api_key=upstream, auth_key=auth, limits=limits)
+    tagger = None
+    if a.tokcls:
+        from medner.tokcls import TokenTagger
+
+        tagger = TokenTagger.load(a.tokcls, a.base, batch_size=a.tokcls_batch)
+        print(f"medner api: POST /predict from token-classification run {a.tokcls} ({tagger.corpus})", file=sys.stderr, flush=True)
+    elif a.base:
+        raise ValueError("--base names the base model of a --tokcls run; give --tokcls RUN_ADAPTER_DIR too")
+    app = create_app(url, model, api_key=upstream, auth_key=auth, limits=limits, tagger=tagger)
     print(f"medner api: /v1/extract at http://{a.host}:{a.port} -> {url} ({'API key required' if auth else 'no API key'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, access_log=False, log_level="warning")
     return 0
@@ -166,7 +174,7 @@ def add_serve_commands(stages) -> None:
     e.add_argument("--format", choices=["labelstudio", "doccano", "brat"], help="write the results for review in an annotation tool instead of medner's JSONL")
     e.set_defaults(func=_extract)
 
-    p = stages.add_parser("api", help="serve POST /v1/extract on its own port, backed by the vLLM server")
+    p = stages.add_parser("api", help="serve POST /v1/extract on its own port, backed by the vLLM server (and POST /predict with --tokcls)")
     p.add_argument("--url", help="vLLM server base URL")
     p.add_argument("--model", help="served model name")
     p.add_argument("--serve-config")
@@ -180,4 +188,7 @@ def add_serve_commands(stages) -> None:
     p.add_argument("--max-label-chars", type=int, default=500, help="longest label or description (422 beyond)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request before 504")
     p.add_argument("--max-in-flight", type=int, default=128, help="requests extracted at once (429 beyond)")
+    p.add_argument("--tokcls", metavar="RUN_ADAPTER_DIR", help="also serve POST /predict from a `medner tokcls train` run (in process, no vLLM)")
+    p.add_argument("--base", help="base model of the --tokcls run (default: the one in its run record)")
+    p.add_argument("--tokcls-batch", type=int, default=16, help="most texts per forward batch for /predict")
     p.set_defaults(func=_api)

@@ -31,6 +31,8 @@ def _merge(a: argparse.Namespace) -> int:
     from medner.runrecord import read_record, write_record
 
     rec = read_record(a.adapter)
+    if rec and rec.get("family", "generative") != "generative":
+        raise ValueError(f"{a.adapter}: a {rec['family']} run: `medner sft merge` merges generative adapters only")
     base = a.model or (rec or {}).get("base_model", {}).get("path")
     if not base:
         raise ValueError(f"{a.adapter}: no run record naming the base model; pass --model")
@@ -40,6 +42,23 @@ def _merge(a: argparse.Namespace) -> int:
         write_record(out, {**rec, "merged_from_adapter": str(Path(a.adapter).resolve())})
     print(out)
     return 0
+
+
+def _tokcls_train(a: argparse.Namespace) -> int:
+    from medner.config import load_config
+    from medner.sft.tokcls import TokClsSettings, train
+
+    cfg = load_config(TokClsSettings, a.config, a.overrides)
+    train(cfg)
+    return 0
+
+
+def add_tokcls_commands(stages) -> None:
+    tc = stages.add_parser("tokcls", help="token classification (Qwen2.5 + BIO head + LoRA), the classic baseline").add_subparsers(dest="action", required=True)
+    t = tc.add_parser("train", help="medner tokcls train --config FILE [key=value ...]")
+    t.add_argument("--config", required=True)
+    t.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    t.set_defaults(func=_tokcls_train)
 
 
 def add_sft_commands(stages) -> None:

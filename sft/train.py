@@ -173,7 +173,7 @@ RESUME_KEYS = ("model", "corpora", "train_split", "max_train_examples", "max_emp
                "quantization", "lora_r", "lora_alpha", "lora_target_modules", "batch_size", "grad_accum")
 
 
-def check_resumable(cfg: SFTSettings, out: Path) -> None:
+def check_resumable(cfg, out: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
     """Refuse to resume checkpoints that another setup wrote into the same output_dir (one line)."""
     import yaml
 
@@ -181,7 +181,7 @@ def check_resumable(cfg: SFTSettings, out: Path) -> None:
     if not (old_path.is_file() and latest_checkpoint(out)):
         return
     old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
-    changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(cfg, k)]
+    changed = [k for k in keys if k in old and old[k] != getattr(cfg, k)]
     if changed:
         raise ConfigError(f"{out} holds checkpoints of another setup ({', '.join(f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
                           "use another output_dir, or delete it to start over")

@@ -7,7 +7,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _settings(stage: str):
+def _settings(stage: str, name: str = ""):
+    if stage == "sft" and name.startswith("tokcls"):
+        from medner.sft.tokcls import TokClsSettings
+
+        return TokClsSettings
     if stage == "sft":
         from medner.sft.train import SFTSettings
 
@@ -26,9 +30,10 @@ def test_shipped_config_loads(path):
     from medner.config import load_config
 
     stage = path.parent.parent.name
-    cfg = load_config(_settings(stage), path)
+    cfg = load_config(_settings(stage, path.name), path)
     head = path.read_text().splitlines()[:6]
-    assert head[0].startswith("#") and any(f"medner {stage}" in l or f"make {stage}" in l for l in head), path
+    command = "tokcls" if path.name.startswith("tokcls") else stage
+    assert head[0].startswith("#") and any(f"medner {command}" in l or f"make {command}" in l for l in head), path
     if stage in ("serve", "eval"):
         assert cfg.merge == "auto"  # the CPU rule: the adapter merged, one model per engine
 
