@@ -62,7 +62,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-bench: bench-sft-speed bench-eval-speed bench-accuracy
+bench: bench-sft-speed bench-eval-speed bench-accuracy bench-tokcls
+
+# the token-classification baseline on the full training split of each corpus, scored on the full test split
+bench-tokcls: $(STAMP)
+	@test -n "$(model)" || { echo "usage: make bench-tokcls model=PATH (a local model folder or .gguf)"; exit 2; }
+	for c in ncbi-disease cmedqaner; do $(BIN)/python -m bench.tokcls --model $(model) --corpus $$c $(ARGS) || exit 1; done
 
 # load and fault suite on the tiny model, loopback only (CLIENTS, SECONDS, BAD: see bench/reliability.py)
 bench-reliability: $(STAMP)

@@ -20,6 +20,13 @@ from transformers import TrainerCallback
 log = logging.getLogger(__name__)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of processes) under torchrun / accelerate launch; (0, 1) alone."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 class WallClock(TrainerCallback):
     """Cumulative training wall seconds (``train_wall_s``) logged at every step. With ``budget_s``, training
     stops (with a checkpoint) at the first step that ends past the budget.
@@ -94,6 +101,8 @@ class Snapshots(TrainerCallback):
         return any(before < p <= seen for p in self.at)
 
     def on_step_end(self, args, state, control, **kw):
+        if not state.is_world_process_zero:  # data-parallel: the main process keeps the snapshot
+            return
         step = state.global_step
         target = self.dir / f"step-{step}"
         if not self.due(step) or (target / "snapshot.json").is_file():

@@ -187,13 +187,18 @@ def train(cfg: TokClsSettings) -> Path:
     from medner.sft.train import check_resumable, latest_checkpoint, pick_device
     from medner.tokcls import FAMILY, bio_labels, load_token_classifier, sub_token_counter, training_features
 
+    from medner.sft.progress import rank_and_world
+
     check_settings(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    rank, world = rank_and_world()
+    main = rank == 0  # data-parallel (torchrun / accelerate launch): only the main process writes files
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_resumable(cfg, out, RESUME_KEYS)
-    save_config(cfg, out / "config.resolved.yaml")
+    if main:
+        save_config(cfg, out / "config.resolved.yaml")
     corpus = get_corpus(cfg.corpora[0])
     model_dir = resolve_model(cfg.model)
     device = pick_device(cfg)
@@ -214,11 +219,14 @@ def train(cfg: TokClsSettings) -> Path:
     features = [training_features(w, tokenizer, label2id, cfg.label_subtoken, cfg.echo) for w in windows]
     dev_records = convert(corpus, cfg.dev_split)
     dev_records = dev_records[: cfg.dev_examples] if cfg.dev_examples is not None else dev_records
+    if not main:
+        dev_records = []  # dev evaluation runs in the main process only
     longest = max(len(f["input_ids"]) for f in features)
     mean_tokens = sum(len(f["input_ids"]) for f in features) / len(features)
-    (out / "data_manifest.json").write_text(json.dumps({
-        "corpus": corpus.name, "train_records": len(train_records), "train_examples": len(features), "dev_records": len(dev_records),
-        "longest_example_tokens": longest, "mean_example_tokens": round(mean_tokens, 1), "labels": labels}, indent=2) + "\n")
+    if main:
+        (out / "data_manifest.json").write_text(json.dumps({
+            "corpus": corpus.name, "train_records": len(train_records), "train_examples": len(features), "dev_records": len(dev_records),
+            "longest_example_tokens": longest, "mean_example_tokens": round(mean_tokens, 1), "labels": labels}, indent=2) + "\n")
     log.info("data: %d training windows from %d records (longest %d sub-tokens), %d dev records", len(features), len(train_records), longest, len(dev_records))
 
     quant = None
@@ -278,6 +286,9 @@ def train(cfg: TokClsSettings) -> Path:
         def on_train_end(self, args, state, control, **kw):
             dev_eval(kw["model"], tokenizer, state)
 
+    if world > 1 and main:
+        log.info("data-parallel: %d processes x batch_size %d x grad_accum %d = %d windows per optimizer step; each process trains on its shard",
+                 world, cfg.batch_size, cfg.grad_accum, cfg.batch_size * cfg.grad_accum * world)
     weights = torch.tensor(balanced_weights(features, len(labels))) if cfg.class_weights == "balanced" else None
 
     class TokClsTrainer(Trainer):
@@ -308,17 +319,19 @@ def train(cfg: TokClsSettings) -> Path:
     wall = time.perf_counter() - t0
 
     final = out / "adapter"
+    if not trainer.is_world_process_zero():
+        return final
     trainer.model.save_pretrained(str(final))
     write_meta(final, trainer.state.global_step)
     shutil.copy(out / "config.resolved.yaml", final / "config.resolved.yaml")
     shutil.copy(out / "data_manifest.json", final / "data_manifest.json")
-    examples_per_step = cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))
+    examples_per_step = cfg.batch_size * cfg.grad_accum * world
     summary = write_loss_curve(trainer.state.log_history, out, title="medner token classification")
     summary.update(
         family=FAMILY, steps=trainer.state.global_step, train_wall_s=clock.total, stopped_by_budget=clock.stopped_by_budget, paused_s=clock.paused_s,
         segment_wall_s=wall, dev_eval_s=dev_eval.seconds, train_examples=len(features), examples_seen=trainer.state.global_step * examples_per_step,
         mean_example_tokens=round(mean_tokens, 1), mode=mode, device=device, dev=dev_eval.history, best_dev_f1=dev_eval.best_f1,
-        train_loss=getattr(result, "training_loss", None), world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        train_loss=getattr(result, "training_loss", None), world_size=world, examples_per_step=examples_per_step,
     )
     if device == "cpu":
         import resource

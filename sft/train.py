@@ -263,10 +263,15 @@ def train(cfg: SFTSettings) -> Path:
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    from medner.sft.progress import rank_and_world
+
+    rank, world = rank_and_world()
+    main = rank == 0  # data-parallel (torchrun / accelerate launch): only the main process writes files
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_resumable(cfg, out)
-    save_config(cfg, out / "config.resolved.yaml")
+    if main:
+        save_config(cfg, out / "config.resolved.yaml")
     corpora = {name: get_corpus(name) for name in cfg.corpora}  # fail fast on an unknown corpus
     template_hash(cfg.prompt_version)  # fail fast on an unknown prompt version
     model_dir = resolve_model(cfg.model)
@@ -279,8 +284,11 @@ def train(cfg: SFTSettings) -> Path:
     if not train_pairs:
         raise ConfigError("no training examples")
     longest, mean_tokens = check_lengths(train_pairs, tokenizer, cfg.max_length)
-    (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_records": sum(len(v) for v in dev_records.values()), "longest_example_tokens": longest,
-                                                        "mean_example_tokens": round(mean_tokens, 1), "prompt_version": cfg.prompt_version, "files": manifest}, indent=2) + "\n")
+    if not main:
+        dev_records = {}  # dev evaluation runs in the main process only
+    else:
+        (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_records": sum(len(v) for v in dev_records.values()), "longest_example_tokens": longest,
+                                                            "mean_example_tokens": round(mean_tokens, 1), "prompt_version": cfg.prompt_version, "files": manifest}, indent=2) + "\n")
     log.info("data: %d training pairs (longest %d tokens), %d dev records", len(train_pairs), longest, sum(len(v) for v in dev_records.values()))
     ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["completion"]} for p in train_pairs])
 
@@ -343,7 +351,10 @@ def train(cfg: SFTSettings) -> Path:
         tokenizer.save_pretrained(str(folder))
 
     clock = WallClock(cfg.max_train_wall_s, pause_dir=out)
-    examples_per_step = cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))
+    examples_per_step = cfg.batch_size * cfg.grad_accum * world
+    if world > 1 and main:
+        log.info("data-parallel: %d processes x batch_size %d x grad_accum %d = %d examples per optimizer step (learning rate %g per step); "
+                 "each process trains on its shard of the %d pairs", world, cfg.batch_size, cfg.grad_accum, examples_per_step, cfg.learning_rate, len(train_pairs))
     dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg, clock=clock)
     callbacks = [clock, dev_cb]
     if cfg.curve_examples:
@@ -358,6 +369,8 @@ def train(cfg: SFTSettings) -> Path:
     wall = time.perf_counter() - t0
 
     final = out / "adapter"
+    if not trainer.is_world_process_zero():
+        return final
     trainer.model.save_pretrained(str(final))
     tokenizer.save_pretrained(str(final))
     record = record_for(trainer.state.global_step)
@@ -382,6 +395,8 @@ def train(cfg: SFTSettings) -> Path:
         examples_seen=examples_seen,
         mean_example_tokens=round(mean_tokens, 1),
         prompt_version=cfg.prompt_version,
+        world_size=world,
+        examples_per_step=examples_per_step,
         train_tokens=int(trainer.state.num_input_tokens_seen or 0) - int(getattr(dev_cb, "tokens_at_start", None) or 0),  # this invocation only
         mode=mode,
         device=device,
