@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    if getattr(args, "engine", None) == "ray":
+        # batch extraction on Ray Data drives eval's backends, so it lives above the serve stage
+        from medner.eval.ray_extract import cli_extract
+
+        args.func = cli_extract
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

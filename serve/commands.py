@@ -72,7 +72,11 @@ def _extract(a: argparse.Namespace) -> int:
     from medner.serve.client import ExtractClient, task_for
 
     defaults = _serve_defaults(a.serve_config)
-    url = a.url or f"http://{defaults.host}:{defaults.port}/v1"
+    if a.url and len(a.url) > 1:
+        raise ValueError("several --url are for --engine ray (a pool of servers); give one --url here")
+    if a.base_model or a.adapter:
+        raise ValueError("--base-model and --adapter are for --engine ray (vLLM inside the Ray actors)")
+    url = a.url[0] if a.url else f"http://{defaults.host}:{defaults.port}/v1"
     model = a.model or (defaults.adapter_name if defaults.adapter else defaults.base_name) or defaults.adapter_name
     labels = None
     if a.labels:
@@ -155,7 +159,8 @@ def add_serve_commands(stages) -> None:
     e = stages.add_parser("extract", help="extract entities with a running server")
     e.add_argument("text", nargs="?", help="the text, or - for stdin (one text or JSON object per line)")
     e.add_argument("--file", help="a file with one text per line, or JSONL with 'text' (and 'id'); - for stdin")
-    e.add_argument("--url", help="server base URL (default: from the serve config, http://127.0.0.1:8000/v1)")
+    e.add_argument("--url", action="append", help="server base URL (default: from the serve config, http://127.0.0.1:8000/v1); "
+                   "with --engine ray, repeat it for a pool of servers")
     e.add_argument("--model", help="served model name (default: the serve config's adapter name)")
     e.add_argument("--corpus", default="ncbi-disease", help="registered corpus: its labels, descriptions and language")
     e.add_argument("--labels", help="ad-hoc labels instead of a corpus: 'A,B' or JSON {label: description}")
@@ -172,6 +177,13 @@ def add_serve_commands(stages) -> None:
     e.add_argument("--out", help="write JSONL here instead of stdout")
     e.add_argument("--raw", action="store_true", help="include the raw model output")
     e.add_argument("--format", choices=["labelstudio", "doccano", "brat"], help="write the results for review in an annotation tool instead of medner's JSONL")
+    e.add_argument("--engine", choices=["server", "ray"], default="server",
+                   help="ray: batch extraction of --file (JSONL) on Ray Data into --out DIR (part-*.jsonl; a rerun completes it)")
+    e.add_argument("--address", help="--engine ray: an existing Ray cluster (default: start a local one)")
+    e.add_argument("--base-model", help="--engine ray: run vLLM inside the Ray actors on this base model (instead of --url)")
+    e.add_argument("--adapter", help="--engine ray with --base-model: the adapter (merged on a CPU-only machine)")
+    e.add_argument("--shard-records", type=int, default=256, help="--engine ray: records per shard (one part file each)")
+    e.add_argument("--workers", type=int, help="--engine ray: actors (default: 2 per --url, or 1 vLLM engine)")
     e.set_defaults(func=_extract)
 
     p = stages.add_parser("api", help="serve POST /v1/extract on its own port, backed by the vLLM server (and POST /predict with --tokcls)")

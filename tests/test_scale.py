@@ -37,3 +37,66 @@ def test_two_processes_train_one_adapter_and_resume(command, config, tiny_model,
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from checkpoint-4" in again.stderr
     assert json.loads((out / "summary.json").read_text())["steps"] == 6
+
+
+def _inputs(path, n, with_ids=True):
+    from medner.data.records import convert
+    from medner.data.registry import get_corpus
+
+    recs = convert(get_corpus("ncbi-disease"), "test")[:n]
+    with path.open("w", encoding="utf-8") as fh:
+        for i, r in enumerate(recs):
+            fh.write(json.dumps({"id": r["id"], "text": r["text"]} if with_ids or i % 2 else {"text": r["text"]}) + "\n")
+            if i == 5:
+                fh.write("\n")  # blank lines are skipped
+    return recs
+
+
+@pytest.mark.slow
+def test_ray_batch_extraction_keeps_every_id_and_completes_a_partial_run(vllm_server, tmp_path):
+    from conftest import run_medner
+
+    inp = tmp_path / "in.jsonl"
+    recs = _inputs(inp, 150, with_ids=False)
+    out = tmp_path / "out"
+    args = ["extract", "--engine", "ray", "--file", str(inp), "--out", str(out), "--url", vllm_server, "--corpus", "ncbi-disease",
+            "--shard-records", "40"]
+    first = run_medner(*args, timeout=900)
+    assert first.returncode in (0, 1), first.stderr[-2000:]  # 1 = some replies of the random tiny model failed to parse
+    parts = sorted(out.glob("part-*.jsonl"))
+    rows = [json.loads(l) for p in parts for l in p.read_text().splitlines()]
+    assert len(parts) == 4 and len(rows) == 150
+    # ids kept, in input order; a line without one gets <file>:<line> (line 7 is the blank one)
+    want = [r["id"] if i % 2 else None for i, r in enumerate(recs)]
+    for i, (w, row) in enumerate(zip(want, rows)):
+        line = i + 1 + (1 if i > 5 else 0)
+        assert row["id"] == (w or f"in.jsonl:{line}") and row["text"] == recs[i]["text"]
+        assert all(row["text"][e["start"] : e["end"]] == e["text"] for e in row["entities"])
+    # the same records as the one-server path, reply for reply
+    single = run_medner("extract", "--file", str(inp), "--url", vllm_server, "--corpus", "ncbi-disease", "--out", str(tmp_path / "single.jsonl"))
+    # (`medner extract --file` reads a blank line as an empty text; a JSONL shard has no record there)
+    one = [r for r in map(json.loads, (tmp_path / "single.jsonl").read_text().splitlines()) if r["text"]]
+    assert [r["entities"] for r in one] == [r["entities"] for r in rows] and single.returncode == first.returncode
+    # a lost shard is redone, the others are kept as they are
+    (out / "part-00002.jsonl").unlink()
+    kept = (out / "part-00001.jsonl").stat().st_mtime_ns
+    again = run_medner(*args, timeout=900)
+    assert "1 run, 3 already done" in again.stderr and (out / "part-00002.jsonl").is_file()
+    assert (out / "part-00001.jsonl").stat().st_mtime_ns == kept
+    # another input into the same folder is refused in one line
+    other = tmp_path / "other.jsonl"
+    _inputs(other, 10)
+    bad = run_medner("extract", "--engine", "ray", "--file", str(other), "--out", str(out), "--url", vllm_server)
+    assert bad.returncode == 1 and "holds results of another input" in bad.stderr
+
+
+def test_ray_input_errors_name_file_and_line_before_ray_starts(tmp_path):
+    from conftest import run_medner
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"text": "ok"}\n{"text": 3}\n')
+    proc = run_medner("extract", "--engine", "ray", "--file", str(inp), "--out", str(tmp_path / "o"), "--url", "http://127.0.0.1:9/v1")
+    assert proc.returncode == 1 and f"{inp}:2: each line needs a string field 'text'" in proc.stderr
+    assert not list((tmp_path / "o").glob("part-*"))
+    both = run_medner("extract", "--engine", "ray", "--file", str(inp), "--out", str(tmp_path / "o"))
+    assert both.returncode == 1 and "give --url" in both.stderr

@@ -1,0 +1,270 @@
+"""Batch extraction at scale on Ray Data: ``medner extract --engine ray --file IN.jsonl --out OUT_DIR``.
+
+The input (JSONL, ``{"id"?, "text"}`` per line; a local path or any URI pyarrow's filesystems know) is cut
+into shards of ``--shard-records`` lines by one streaming pass on the driver, which also checks every line
+(a bad one is refused as ``FILE:LINE`` before anything runs) and hashes the input. The shards then flow
+through a Ray Data pipeline (``map_batches`` over actors), each actor either
+
+* calling a pool of ``medner serve`` endpoints (``--url``, one or more: a shard goes to one endpoint, and to
+  the next one if that one is down), through :class:`~medner.serve.client.ExtractClient`; or
+* holding vLLM's engine itself (``--base-model`` [``--adapter``]): eval's
+  :class:`~medner.eval.backends.VLLMBackend` driven by :func:`~medner.eval.backends.predict`, the loop
+  every eval backend shares.
+
+Either way the prompts, schema, windows, parsing and grounding are medner's own (the contract of
+:mod:`medner.prompts.contract`), so a result is the one ``medner extract`` gives for the same text. Each shard's results are
+written to ``OUT_DIR/part-NNNNN.jsonl`` (atomically: a ``.tmp`` renamed when complete), in input order with
+the input's ids (``<file name>:<line>`` where a line has none). A rerun with the same input and ``--out``
+runs only the shards whose part file is missing; another input in the same ``--out`` is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_shards.json"
+
+
+class RayExtractError(ValueError):
+    pass
+
+
+def _open(path: str):
+    """(binary input stream, display name) for a local path or a pyarrow filesystem URI."""
+    if "://" not in path:
+        return open(path, "rb"), path
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(path)
+    return filesystem.open_input_stream(inner), path
+
+
+def plan_shards(path: str, shard_records: int) -> dict:
+    """One streaming pass: every line checked, shards as byte ranges of ``shard_records`` non-empty lines."""
+    h = hashlib.sha256()
+    shards, start, first_line, n_in_shard, total, offset = [], 0, 1, 0, 0, 0
+    stream, name = _open(path)
+    with stream:
+        lineno = 0
+        for raw in iter(stream.readline, b""):
+            lineno += 1
+            h.update(raw)
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8", errors="strict").strip()
+            if line:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RayExtractError(f"{name}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                    raise RayExtractError(f"{name}:{lineno}: each line needs a string field 'text'")
+                if "id" in obj and not isinstance(obj["id"], (str, int)):
+                    raise RayExtractError(f"{name}:{lineno}: field 'id' must be a string or an integer")
+                if n_in_shard == 0:
+                    start, first_line = offset, lineno
+                n_in_shard += 1
+                total += 1
+            offset += len(raw)
+            if n_in_shard == shard_records:
+                shards.append({"index": len(shards), "start": start, "end": offset, "first_line": first_line, "records": n_in_shard})
+                n_in_shard = 0
+        if n_in_shard:
+            shards.append({"index": len(shards), "start": start, "end": offset, "first_line": first_line, "records": n_in_shard})
+    if total == 0:
+        raise RayExtractError(f"{name}: no records (empty input)")
+    return {"input": path, "sha256": h.hexdigest(), "records": total, "shard_records": shard_records, "shards": shards}
+
+
+def read_shard(path: str, shard: dict) -> list[dict]:
+    """The records of one shard: ``{"id", "text"}``, ids from the input or ``<file name>:<line>``."""
+    stream, _ = _open(path)
+    with stream:
+        if hasattr(stream, "seek"):
+            stream.seek(shard["start"])
+            data = stream.read(shard["end"] - shard["start"])
+        else:  # a stream that cannot seek: skip to the shard
+            stream.read(shard["start"])
+            data = stream.read(shard["end"] - shard["start"])
+    base = Path(path.split("://")[-1]).name
+    out = []
+    for k, raw in enumerate(data.split(b"\n")):
+        line = raw.decode("utf-8").lstrip("\ufeff").strip()
+        if line:
+            obj = json.loads(line)
+            out.append({"id": str(obj["id"]) if "id" in obj else f"{base}:{shard['first_line'] + k}", "text": obj["text"]})
+    return out
+
+
+def make_task(task_args: dict, prompt_version: str):
+    """The task from plain arguments (what travels to the actors): ``{"corpus": NAME} | {"labels", "lang"}``."""
+    from medner.data.registry import get_corpus
+    from medner.prompts.contract import task_for
+
+    corpus = get_corpus(task_args["corpus"]) if task_args.get("corpus") else None
+    return task_for(corpus, task_args.get("labels"), task_args.get("lang", "en"), prompt_version=prompt_version)
+
+
+def part_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"part-{index:05d}.jsonl"
+
+
+def write_part(out_dir: Path, index: int, rows: Sequence[dict]) -> None:
+    tmp = out_dir / f".part-{index:05d}.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, part_path(out_dir, index))
+
+
+def shown(res: dict, raw: bool = False) -> dict:
+    out = {k: res[k] for k in ("id", "text", "entities", "dropped", "status", "error") if k in res}
+    if raw:
+        out["raw"] = res.get("raw")
+    return out
+
+
+class ServerShardWorker:
+    """A Ray Data actor that extracts whole shards through a pool of ``medner serve`` endpoints."""
+
+    def __init__(self, urls: list[str], model: str, task_args: dict, out_dir: str, path: str, api_key: str | None = None,
+                 concurrency: int = 8, window_tokens: int = 256, grounded: str | None = None, raw: bool = False):
+        from medner.serve.client import ExtractClient
+
+        self.clients = [ExtractClient(u, model, api_key=api_key, concurrency=concurrency, window_tokens=window_tokens, grounded=grounded) for u in urls]
+        self.task_args, self.out_dir, self.path, self.raw = task_args, Path(out_dir), path, raw
+
+    def __call__(self, batch: dict) -> dict:
+        from medner.serve.client import ServerError
+
+        done = []
+        for shard in (json.loads(s) for s in batch["shard"]):
+            items = read_shard(self.path, shard)
+            last = None
+            for k in range(len(self.clients)):  # the shard's own endpoint first, then the others
+                client = self.clients[(shard["index"] + k) % len(self.clients)]
+                try:
+                    client.check_server()
+                    task = make_task(self.task_args, client.task_version(None))
+                    results = client.extract(items, task)
+                    break
+                except ServerError as e:
+                    last = e
+                    log.warning("shard %d: %s; trying the next endpoint", shard["index"], e)
+            else:
+                raise RayExtractError(f"shard {shard['index']}: no endpoint answered ({last})")
+            write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in results])
+            done.append(json.dumps({"index": shard["index"], "records": len(results), "failed": sum(r["status"] != "ok" for r in results)}))
+        return {"done": done}
+
+
+class EngineShardWorker:
+    """A Ray Data actor holding vLLM's engine (the base model, with the adapter merged on a CPU-only machine)."""
+
+    def __init__(self, base_model: str, adapter: str | None, task_args: dict, out_dir: str, path: str, window_tokens: int = 256,
+                 grounded: str | None = None, batch_size: int = 64, raw: bool = False):
+        from medner.eval.backends import VLLMBackend
+        from medner.models import resolve_model
+        from medner.runrecord import check_adapter, prompt_version_for
+
+        model_dir = resolve_model(base_model)
+        version = check_adapter(adapter, model_dir)["prompt_version"] if adapter else prompt_version_for(None, None, base_model)
+        self.task = make_task(task_args, version)
+        self.backend = VLLMBackend(model_dir, adapter, "auto", 8192, batch_size)
+        self.out_dir, self.path, self.window_tokens, self.grounded, self.raw = Path(out_dir), path, window_tokens, grounded, raw
+
+    def __call__(self, batch: dict) -> dict:
+        from medner.data.ground import simple_token_offsets
+        from medner.eval.backends import predict
+
+        done = []
+        for shard in (json.loads(s) for s in batch["shard"]):
+            items = read_shard(self.path, shard)
+            records = [{"id": it["id"], "text": it["text"], "token_offsets": simple_token_offsets(it["text"], self.task.lang)} for it in items]
+            rows: list[dict] = []
+            predict(self.backend, records, self.task, rows.append, self.window_tokens, True, None, warm_up=not done, grounded=self.grounded)
+            write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in rows])
+            done.append(json.dumps({"index": shard["index"], "records": len(rows), "failed": sum(r["status"] != "ok" for r in rows)}))
+        return {"done": done}
+
+
+def run(path: str, out_dir: str, task_args: dict, urls: Sequence[str] | None = None, model: str = "ner", base_model: str | None = None,
+        adapter: str | None = None, address: str | None = None, shard_records: int = 256, workers: int | None = None, api_key: str | None = None,
+        concurrency: int = 8, window_tokens: int = 256, grounded: str | None = None, raw: bool = False) -> dict:
+    """Plan, skip finished shards, run the rest on Ray Data; returns a summary (records, shards run and skipped, failed)."""
+    if bool(urls) == bool(base_model):
+        raise RayExtractError("give --url (one or more medner serve endpoints) or --base-model (vLLM inside the Ray actors), not both or neither")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_shards(path, shard_records)
+    old = out / MANIFEST
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        if (prev["sha256"], prev["shard_records"]) != (plan["sha256"], plan["shard_records"]):
+            raise RayExtractError(f"{out} holds results of another input or shard size ({prev['input']}, {prev['shard_records']} records per shard); "
+                                  "use another --out")
+    old.write_text(json.dumps(plan, indent=2) + "\n")
+    todo = [s for s in plan["shards"] if not part_path(out, s["index"]).is_file()]
+    log.info("%d records in %d shards; %d already done, %d to run", plan["records"], len(plan["shards"]), len(plan["shards"]) - len(todo), len(todo))
+    summary = {"records": plan["records"], "shards": len(plan["shards"]), "shards_run": len(todo), "shards_skipped": len(plan["shards"]) - len(todo),
+               "failed": 0, "out": str(out)}
+    if todo:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING) if address else \
+                ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ds = ray.data.from_items([{"shard": json.dumps(s)} for s in todo])
+        if urls:
+            n = workers or max(1, min(len(todo), 2 * len(urls)))
+            ds = ds.map_batches(ServerShardWorker, batch_size=1, concurrency=n, num_cpus=0.25,
+                                fn_constructor_kwargs={"urls": list(urls), "model": model, "task_args": task_args, "out_dir": str(out), "path": path,
+                                                       "api_key": api_key, "concurrency": concurrency, "window_tokens": window_tokens,
+                                                       "grounded": grounded, "raw": raw})
+        else:
+            n = workers or 1
+            ds = ds.map_batches(EngineShardWorker, batch_size=1, concurrency=n, num_cpus=1,
+                                fn_constructor_kwargs={"base_model": base_model, "adapter": adapter, "task_args": task_args, "out_dir": str(out),
+                                                       "path": path, "window_tokens": window_tokens, "grounded": grounded, "raw": raw})
+        for row in ds.take_all():
+            summary["failed"] += json.loads(row["done"])["failed"]
+    got = sum(1 for s in plan["shards"] for line in part_path(out, s["index"]).open(encoding="utf-8") if line.strip())
+    if got != plan["records"]:
+        raise RayExtractError(f"{out}: {got} results for {plan['records']} input records; rerun the same command to complete it")
+    return summary
+
+
+def cli_extract(a) -> int:
+    """``medner extract --engine ray``: the command-line arguments of ``medner extract`` -> :func:`run`."""
+    import sys
+
+    from medner.prompts.contract import grounded_mode
+    from medner.serve.commands import KEY_ON_COMMAND_LINE, read_key
+
+    if a.api_key:
+        raise ValueError(KEY_ON_COMMAND_LINE)
+    if not a.file or a.file == "-" or a.text is not None:
+        raise ValueError("--engine ray reads --file IN.jsonl (a path or URI), not TEXT or stdin")
+    if not a.out:
+        raise ValueError("--engine ray writes part files into --out DIR")
+    if a.format:
+        raise ValueError("--format is not available with --engine ray; export the part files with `medner extract --format` per file")
+    labels = None
+    if a.labels:
+        labels = json.loads(a.labels) if a.labels.strip().startswith(("{", "[")) else [x for x in a.labels.split(",") if x]
+    task_args = {"labels": labels, "lang": a.lang} if labels else {"corpus": a.corpus}
+    make_task(task_args, "v1")  # a bad corpus or label set fails here, before Ray starts
+    summary = run(a.file, a.out, task_args, urls=a.url, model=a.model or "ner", base_model=a.base_model, adapter=a.adapter, address=a.address,
+                  shard_records=a.shard_records, workers=a.workers, api_key=read_key(a.api_key_file), concurrency=a.concurrency,
+                  window_tokens=a.window_tokens, grounded=grounded_mode(a.grounded), raw=a.raw)
+    print(f"{summary['records']} records in {summary['shards']} shard(s) -> {summary['out']}/part-*.jsonl "
+          f"({summary['shards_run']} run, {summary['shards_skipped']} already done)", file=sys.stderr)
+    if summary["failed"]:
+        print(f"error: {summary['failed']} text(s) did not give a valid answer (see their status)", file=sys.stderr)
+        return 1
+    return 0
