@@ -83,14 +83,19 @@ class PredictRequest(BaseModel):
     corpus: str | None = Field(None, description="the corpus the token-classification run was trained on (default: that one)")
 
 
-def create_app(url: str, model: str, api_key: str | None = None, window_tokens: int = 256, auth_key: str | None = None,
+def create_app(url: str | list[str], model: str, api_key: str | None = None, window_tokens: int = 256, auth_key: str | None = None,
                limits: Limits | None = None, tagger=None) -> FastAPI:
-    """``api_key``: sent to the upstream vLLM server; ``auth_key``: what clients of this app must send;
-    ``tagger``: a loaded :class:`medner.tokcls.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
+    """``url``: the vLLM server, or a list of replicas (:class:`~medner.serve.pool.UpstreamPool`); ``api_key``:
+    sent to the upstream; ``auth_key``: what clients of this app must send; ``tagger``: a loaded
+    :class:`medner.tokcls.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
+    from medner.serve.pool import UpstreamPool
+
     limits = limits or Limits()
+    pool = UpstreamPool([url] if isinstance(url, str) else list(url), api_key)
     app = FastAPI(title="medner extraction API", version="1")
-    clients: dict[str, ExtractClient] = {}
-    versions: dict[str, str] = {}
+    app.state.upstream_pool = pool
+    clients: dict[tuple[str, str], ExtractClient] = {}
+    versions: dict[tuple[str, str], str] = {}
     state = {"in_flight": 0}
     want = f"Bearer {auth_key}".encode() if auth_key else None
 
@@ -107,13 +112,13 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
                                 status_code=413)
         return await call_next(request)
 
-    def client_for(name: str) -> ExtractClient:
-        if name not in clients:
-            c = ExtractClient(url, name, api_key=api_key, window_tokens=window_tokens, timeout_s=limits.request_timeout_s)
+    def client_for(upstream: str, name: str) -> ExtractClient:
+        if (upstream, name) not in clients:
+            c = ExtractClient(upstream, name, api_key=api_key, window_tokens=window_tokens, timeout_s=limits.request_timeout_s)
             c.check_server()
-            versions[name] = c.task_version(None)  # the served model's trained prompt version (v1 without a record)
-            clients[name] = c
-        return clients[name]
+            versions[upstream, name] = c.task_version(None)  # the served model's trained prompt version (v1 without a record)
+            clients[upstream, name] = c
+        return clients[upstream, name]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -137,14 +142,20 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
     async def health():
         if tagger is not None:  # the in-process model is loaded (the app starts after it); the upstream is optional
             return {"status": "ok", "tokcls": {"corpus": tagger.corpus, "labels": tagger.labels}, "upstream": url}
+        if len(pool.urls) > 1:
+            up = await pool.status()
+            if any(up.values()):
+                return {"status": "ok", "upstreams": up}
+            raise HTTPException(503, detail=f"none of the {len(up)} vLLM servers is answering")
+        only = pool.urls[0]
         try:
             async with httpx.AsyncClient(timeout=5) as http:
-                r = await http.get(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+                r = await http.get(f"{only}/models", headers=pool.headers)
             if r.status_code == 200:
-                return {"status": "ok", "upstream": url, "models": [m["id"] for m in r.json().get("data", [])]}
+                return {"status": "ok", "upstream": only, "models": [m["id"] for m in r.json().get("data", [])]}
         except httpx.HTTPError:
             pass
-        raise HTTPException(503, detail=f"vLLM server at {url} is not answering")
+        raise HTTPException(503, detail=f"vLLM server at {only} is not answering")
 
     @app.post("/v1/extract")
     async def extract(req: ExtractRequest):
@@ -185,18 +196,24 @@ def create_app(url: str, model: str, api_key: str | None = None, window_tokens: 
             grounded = grounded_mode(req.grounded)
         except (RegistryError, ValueError) as e:
             raise HTTPException(422, detail=str(e)) from None
-        try:
-            client = client_for(req.model or model)
-        except UnknownModel as e:
-            raise HTTPException(404, detail=str(e)) from None
-        except ServerError as e:
-            raise HTTPException(503, detail=str(e)) from None
-        task = task_for(corpus, req.labels, req.lang, prompt_version=versions[req.model or model])
-        try:
-            async with httpx.AsyncClient(timeout=client.timeout_s) as http:
-                res = await client.extract_one(http, req.text, task, grounded=grounded)
-        except ServerError as e:
-            raise HTTPException(503, detail=str(e)) from None
-        return {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason") if k in res}
+        name = req.model or model
+        last: ServerError | None = None
+        for upstream in await pool.candidates():  # the next healthy replica; on failure the one after it
+            try:
+                client = client_for(upstream, name)
+                task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name])
+                async with httpx.AsyncClient(timeout=client.timeout_s) as http:
+                    res = await client.extract_one(http, req.text, task, grounded=grounded)
+            except UnknownModel as e:
+                raise HTTPException(404, detail=str(e)) from None
+            except ServerError as e:
+                pool.mark_down(upstream, str(e))
+                last = e
+                continue
+            pool.answered(upstream)
+            return {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason") if k in res}
+        if last is None:
+            raise HTTPException(503, detail=f"every vLLM server is down ({', '.join(pool.urls)}); retry shortly")
+        raise HTTPException(503, detail=str(last) if len(pool.urls) == 1 else f"no vLLM server answered (last: {last})")
 
     return app

@@ -127,7 +127,8 @@ def _api(a: argparse.Namespace) -> int:
     if a.api_key:
         raise ValueError(KEY_ON_COMMAND_LINE)
     defaults = _serve_defaults(a.serve_config)
-    url = a.url or f"http://{defaults.host}:{defaults.port}/v1"
+    urls = a.url or [f"http://{defaults.host}:{defaults.port}/v1"]
+    url = urls[0] if len(urls) == 1 else urls
     model = a.model or defaults.adapter_name
     auth = read_key(a.api_key_file)
     # the upstream vLLM server's key: its own file or variable, else the same key (`medner serve` reads MEDNER_API_KEY too)
@@ -145,7 +146,7 @@ def _api(a: argparse.Namespace) -> int:
     elif a.base:
         raise ValueError("--base names the base model of a --tokcls run; give --tokcls RUN_ADAPTER_DIR too")
     app = create_app(url, model, api_key=upstream, auth_key=auth, limits=limits, tagger=tagger)
-    print(f"medner api: /v1/extract at http://{a.host}:{a.port} -> {url} ({'API key required' if auth else 'no API key'})", file=sys.stderr, flush=True)
+    print(f"medner api: /v1/extract at http://{a.host}:{a.port} -> {', '.join(urls)} ({'API key required' if auth else 'no API key'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, access_log=False, log_level="warning")
     return 0
 
@@ -187,7 +188,7 @@ def add_serve_commands(stages) -> None:
     e.set_defaults(func=_extract)
 
     p = stages.add_parser("api", help="serve POST /v1/extract on its own port, backed by the vLLM server (and POST /predict with --tokcls)")
-    p.add_argument("--url", help="vLLM server base URL")
+    p.add_argument("--url", action="append", help="vLLM server base URL; repeat it for several replicas (requests spread over the healthy ones)")
     p.add_argument("--model", help="served model name")
     p.add_argument("--serve-config")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: visible in process listings

@@ -62,8 +62,35 @@ class ServeSettings:
     check_base_model: bool = True
     # seconds to wait for /v1/models before giving up
     ready_timeout_s: int = 600
+    # more than one GPU: vLLM's tensor / pipeline / data parallel sizes (their product = GPUs used); on a
+    # CPU-only machine or with fewer GPUs, anything above 1 is refused (run replicas behind `medner api` instead)
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
     # more vLLM arguments, passed through verbatim
     extra_args: list[str] = dataclasses.field(default_factory=list)
+
+
+def check_parallel(cfg: ServeSettings, gpus: int | None = None) -> list[str]:
+    """vLLM's parallelism flags, or one clear error when this machine cannot hold them."""
+    sizes = {"tensor_parallel_size": cfg.tensor_parallel_size, "pipeline_parallel_size": cfg.pipeline_parallel_size,
+             "data_parallel_size": cfg.data_parallel_size}
+    bad = [k for k, v in sizes.items() if v < 1]
+    if bad:
+        raise ValueError(f"{bad[0]} must be at least 1, not {sizes[bad[0]]}")
+    need = cfg.tensor_parallel_size * cfg.pipeline_parallel_size * cfg.data_parallel_size
+    if need == 1:
+        return []
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < need:
+        asked = " x ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)
+        where = "this machine has no GPU" if gpus == 0 else f"this machine has {gpus} GPU(s)"
+        raise ValueError(f"{asked} needs {need} GPUs; {where}. Run several `medner serve` replicas behind one `medner api --url A --url B` instead")
+    return ["--tensor-parallel-size", str(cfg.tensor_parallel_size), "--pipeline-parallel-size", str(cfg.pipeline_parallel_size),
+            "--data-parallel-size", str(cfg.data_parallel_size)]
 
 
 def check_merge(cfg: ServeSettings) -> bool:
@@ -98,7 +125,7 @@ def engine_for(cfg: ServeSettings, model_dir: Path):
 def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:
     from medner.engine import server_argv
 
-    return server_argv(engine_for(cfg, model_dir), cfg.host, cfg.port) + list(cfg.extra_args)
+    return server_argv(engine_for(cfg, model_dir), cfg.host, cfg.port) + check_parallel(cfg) + list(cfg.extra_args)
 
 
 def serve(cfg: ServeSettings) -> int:
@@ -107,6 +134,7 @@ def serve(cfg: ServeSettings) -> int:
     from medner.runrecord import check_adapter
 
     check_merge(cfg)  # before any slow work
+    check_parallel(cfg)
     model_dir = resolve_model(cfg.model)
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():

@@ -221,6 +221,7 @@ def load_model(cfg: SFTSettings, model_dir: Path, device: str):
 
     kwargs: dict = {"dtype": torch.bfloat16}
     mode = "bf16 LoRA"
+    zero3 = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"  # set by accelerate launch with a ZeRO-3 config
     if cfg.quantization == "nf4":
         try:
             import bitsandbytes  # noqa: F401
@@ -230,13 +231,15 @@ def load_model(cfg: SFTSettings, model_dir: Path, device: str):
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=torch.bfloat16,
+                # DeepSpeed ZeRO-3 shards parameters, which it can do for 4-bit weights stored as bf16
+                **({"bnb_4bit_quant_storage": torch.bfloat16} if zero3 else {}),
             )
             mode = f"QLoRA (4-bit NF4, double quantization, bitsandbytes {'CUDA' if device == 'cuda' else 'CPU'} backend)"
         except ImportError:
             log.warning("bitsandbytes is not installed: falling back to bf16 LoRA")
     elif cfg.quantization != "none":
         raise ConfigError(f"quantization must be nf4 or none, not {cfg.quantization!r}")
-    if device == "cuda":
+    if device == "cuda" and not zero3:  # ZeRO-3 places (shards) the parameters itself
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     if device == "cpu" and "quantization_config" not in kwargs:

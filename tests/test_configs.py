@@ -51,3 +51,15 @@ def test_bad_merge_value_is_refused_in_one_line(tmp_path):
 
     proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "merge=sometimes", f"out={tmp_path}")
     assert proc.returncode == 1 and "merge must be auto, true or false" in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sft/configs/accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_name_their_launch_command(path):
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text())
+    head = path.read_text().splitlines()[:4]
+    assert any("accelerate launch --config_file sft/configs/accelerate/" + path.name in l and "-m medner.cli sft train" in l for l in head)
+    assert cfg["num_processes"] >= 2 and cfg["distributed_type"] in ("MULTI_GPU", "DEEPSPEED")
+    if cfg["distributed_type"] == "DEEPSPEED":
+        assert cfg["deepspeed_config"]["zero_stage"] in (2, 3)

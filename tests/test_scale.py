@@ -100,3 +100,67 @@ def test_ray_input_errors_name_file_and_line_before_ray_starts(tmp_path):
     assert not list((tmp_path / "o").glob("part-*"))
     both = run_medner("extract", "--engine", "ray", "--file", str(inp), "--out", str(tmp_path / "o"))
     assert both.returncode == 1 and "give --url" in both.stderr
+
+
+@pytest.mark.slow
+def test_api_spreads_over_replicas_and_skips_a_dead_one(tiny_model, strong_adapter, tmp_path):
+    import asyncio
+
+    import httpx
+
+    from medner import procs
+    from medner.serve.api import create_app
+
+    replicas = []
+    try:
+        for k in range(2):
+            port = procs.free_port()
+            argv = [sys.executable, "-m", "medner.cli", "serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={tiny_model}",
+                    f"adapter={strong_adapter}", f"port={port}", "kv_cache_gib=1"]
+            proc = procs.start(argv, tmp_path / f"serve-{k}.log")
+            replicas.append((proc, f"http://127.0.0.1:{port}/v1"))
+        for proc, url in replicas:
+            procs.wait_ready(url, proc, 600, log=tmp_path / "serve.log")
+        app = create_app([u for _, u in replicas], "ner")
+        texts = [f"Patient {i} with familial adenomatous polyposis." for i in range(16)]
+        served_before, served_after = {}, {}
+
+        async def burst(c):
+            return await asyncio.gather(*(c.post("/v1/extract", json={"text": t, "corpus": "ncbi-disease"}) for t in texts))
+
+        async def main():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=300) as c:
+                before = await burst(c)
+                served_before.update(app.state.upstream_pool.served)
+                health_both = (await c.get("/health")).json()
+                procs.stop(replicas[1][0], 30)  # one replica dies
+                after = await burst(c)
+                served_after.update(app.state.upstream_pool.served)
+                health_one = (await c.get("/health")).json()
+                return before, health_both, after, health_one
+
+        before, health_both, after, health_one = asyncio.run(main())
+        assert all(r.status_code == 200 for r in before) and all(r.status_code == 200 for r in after)
+        assert [r.json()["entities"] for r in before] == [r.json()["entities"] for r in after]  # same weights on both replicas
+        assert all(health_both["upstreams"].values())
+        assert health_one["status"] == "ok" and health_one["upstreams"] == {replicas[0][1]: True, replicas[1][1]: False}
+        # both replicas took a share of the first burst; the second went to the living one alone
+        assert all(n >= 4 for n in served_before.values())
+        assert served_after[replicas[1][1]] == served_before[replicas[1][1]] and served_after[replicas[0][1]] >= served_before[replicas[0][1]] + 16
+    finally:
+        for proc, _ in replicas:
+            procs.stop(proc, 30)
+
+
+def test_parallel_sizes_are_checked_against_the_gpus():
+    from medner.serve.launch import ServeSettings, check_parallel
+
+    assert check_parallel(ServeSettings()) == []
+    assert check_parallel(ServeSettings(tensor_parallel_size=2, data_parallel_size=2), gpus=4) == [
+        "--tensor-parallel-size", "2", "--pipeline-parallel-size", "1", "--data-parallel-size", "2"]
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 needs 2 GPUs; this machine has no GPU"):
+        check_parallel(ServeSettings(tensor_parallel_size=2), gpus=0)
+    with pytest.raises(ValueError, match="needs 8 GPUs; this machine has 4"):
+        check_parallel(ServeSettings(tensor_parallel_size=2, pipeline_parallel_size=2, data_parallel_size=2), gpus=4)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_parallel(ServeSettings(data_parallel_size=0))
