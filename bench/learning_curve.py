@@ -33,11 +33,11 @@ def snapshots(run: Path) -> list[Path]:
     return sorted(found, key=lambda d: json.loads((d / "snapshot.json").read_text())["step"])
 
 
-def dev_eval(model: str, adapter: Path, corpus: str, out: Path, log: Path, limit: int | None) -> dict:
+def dev_eval(model: str, adapter: Path, corpus: str, out: Path, log: Path, limit: int | None, batch_size: int = 128) -> dict:
     seconds = None
     if not (out / "report.json").is_file():
         seconds = medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=vllm", f"model={model}", f"adapter={adapter}",
-                         f"corpus={corpus}", "split=dev", f"out={out}", "bootstrap=200", *([f"limit={limit}"] if limit else []), log=log)
+                         f"corpus={corpus}", "split=dev", f"out={out}", "bootstrap=200", f"batch_size={batch_size}", *([f"limit={limit}"] if limit else []), log=log)
         (out / "wall_s.txt").write_text(f"{seconds:.1f}\n")
     elif (out / "wall_s.txt").is_file():
         seconds = float((out / "wall_s.txt").read_text())
@@ -85,6 +85,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--budget-s", type=float, help="stop training after this many seconds (max_train_wall_s)")
     ap.add_argument("--dev-limit", type=int, help="first N dev records only (default: the full split)")
+    ap.add_argument("--dev-batch-size", type=int, default=128,
+                    help="records in flight in the offline engine (on a CPU a wider batch costs little more per decoding step)")
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--name", help="run folder name (default: curve-<train corpora>)")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
@@ -134,7 +136,7 @@ def record_curve(a, run: Path, corpus: str, mix: str, points: str, summary: dict
     rows = []
     for snap in snapshots(run):
         meta = json.loads((snap / "snapshot.json").read_text())
-        res = dev_eval(a.model, snap, corpus, run / "dev-eval" / corpus / f"step-{meta['step']}", log, a.dev_limit)
+        res = dev_eval(a.model, snap, corpus, run / "dev-eval" / corpus / f"step-{meta['step']}", log, a.dev_limit, a.dev_batch_size)
         rows.append({"adapter": str(snap), **meta, **res})
         print(f"{corpus} step {meta['step']}: {meta['examples']} examples, {meta['train_wall_s']:.0f} s -> dev F1 {res['dev_f1']:.4f}", flush=True)
     best = max(rows, key=lambda r: r["dev_f1"])

@@ -97,7 +97,10 @@ def read_shard(path: str, shard: dict) -> list[dict]:
         line = raw.decode("utf-8").lstrip("\ufeff").strip()
         if line:
             obj = json.loads(line)
-            out.append({"id": str(obj["id"]) if "id" in obj else f"{base}:{shard['first_line'] + k}", "text": obj["text"]})
+            item = {"id": str(obj["id"]) if "id" in obj else f"{base}:{shard['first_line'] + k}", "text": obj["text"]}
+            if isinstance(obj.get("token_offsets"), list):  # gold tokens (eval backend=ray): grounding on them, as every eval backend
+                item["token_offsets"] = obj["token_offsets"]
+            out.append(item)
     return out
 
 
@@ -123,7 +126,7 @@ def write_part(out_dir: Path, index: int, rows: Sequence[dict]) -> None:
 
 
 def shown(res: dict, raw: bool = False) -> dict:
-    out = {k: res[k] for k in ("id", "text", "entities", "dropped", "status", "error") if k in res}
+    out = {k: res[k] for k in ("id", "text", "entities", "dropped", "status", "error", "finish_reason", "windows", "output_tokens", "latency_s") if k in res}
     if raw:
         out["raw"] = res.get("raw")
     return out
@@ -185,7 +188,8 @@ class EngineShardWorker:
         done = []
         for shard in (json.loads(s) for s in batch["shard"]):
             items = read_shard(self.path, shard)
-            records = [{"id": it["id"], "text": it["text"], "token_offsets": simple_token_offsets(it["text"], self.task.lang)} for it in items]
+            records = [{"id": it["id"], "text": it["text"], "token_offsets": it.get("token_offsets") or simple_token_offsets(it["text"], self.task.lang)}
+                       for it in items]
             rows: list[dict] = []
             predict(self.backend, records, self.task, rows.append, self.window_tokens, True, None, warm_up=not done, grounded=self.grounded)
             write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in rows])

@@ -6,6 +6,8 @@ Backends (``backend=``, see :mod:`medner.eval.backends`):
 * ``vllm``    vLLM's offline engine in-process (``vllm.LLM``), same engine settings as the server;
 * ``hf``      plain transformers ``generate`` (batched), schema-constrained through xgrammar with the
               same answer format (``constrained=false`` says plainly that output is free);
+* ``ray``     Ray Data actors over a pool of servers (``url``: one or several, comma-separated) or holding
+              vLLM themselves (``model`` + ``adapter``), see :mod:`medner.eval.ray_extract`; shards resume;
 * ``tokcls``  a token-classification run (``medner tokcls train``): one forward pass per window, BIO tags
               decoded to spans (:mod:`medner.tokcls`); no prompts, no decoding constraint.
 
@@ -32,10 +34,11 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class EvalSettings:
-    # server | vllm | hf (generative) | tokcls (a `medner tokcls train` run: adapter=<run>/adapter)
+    # server | vllm | hf | ray (generative) | tokcls (a `medner tokcls train` run: adapter=<run>/adapter)
     backend: str = "server"
-    # server backend: the OpenAI-compatible base URL and the served model name ("ner" = adapter, "base" = zero-shot)
-    url: str = "http://127.0.0.1:8000/v1"
+    # server backend: the OpenAI-compatible base URL and the served model name ("ner" = adapter, "base" = zero-shot);
+    # ray backend: one or several URLs, comma-separated (null with model=: vLLM inside the Ray actors)
+    url: str | None = "http://127.0.0.1:8000/v1"
     served_model: str = "ner"
     api_key: str | None = None
     # vllm / hf backends: the base model (folder, .gguf or Hub id) and the adapter folder (null = zero-shot);
@@ -79,6 +82,10 @@ class EvalSettings:
     no_text: bool = False
     # keep predictions.jsonl from an earlier, interrupted run with the same out
     resume: bool = True
+    # ray backend: an existing Ray cluster (null = start a local one), records per shard, actors
+    ray_address: str | None = None
+    ray_shard_records: int = 256
+    ray_workers: int | None = None
 
 
 def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
@@ -174,6 +181,35 @@ def _predict_tokcls(cfg: EvalSettings, corpus, records: list[dict], write) -> fl
     return time.perf_counter() - t0
 
 
+def _predict_ray(cfg: EvalSettings, corpus, records: list[dict], write, out: Path, grounded) -> float:
+    """The records through Ray Data (:mod:`medner.eval.ray_extract`): written as JSONL with their gold tokens,
+    extracted shard by shard (a rerun completes the missing shards), read back in order."""
+    import time
+
+    from medner.eval import ray_extract
+
+    import hashlib
+    import shutil
+
+    inp, parts = out / "ray-input.jsonl", out / "ray-parts"
+    content = "".join(json.dumps({"id": r["id"], "text": r["text"], "token_offsets": r["token_offsets"]}, ensure_ascii=False) + "\n" for r in records)
+    manifest = parts / ray_extract.MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text())["sha256"] != hashlib.sha256(content.encode()).hexdigest():
+        shutil.rmtree(parts)  # shards of an earlier set of records still to do: their results are in predictions.jsonl already
+    inp.write_text(content, encoding="utf-8")
+    urls = [u for u in (cfg.url or "").split(",") if u]
+    t0 = time.perf_counter()
+    ray_extract.run(str(inp), str(parts), {"corpus": corpus.name}, urls=urls or None, model=cfg.served_model,
+                    base_model=None if urls else cfg.model, adapter=None if urls else cfg.adapter, address=cfg.ray_address,
+                    shard_records=cfg.ray_shard_records, workers=cfg.ray_workers, api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
+                    concurrency=cfg.concurrency, window_tokens=cfg.window_tokens, grounded=grounded, raw=True)
+    wall = time.perf_counter() - t0
+    for part in sorted(parts.glob("part-*.jsonl")):
+        for line in part.read_text(encoding="utf-8").splitlines():
+            write(json.loads(line))
+    return wall
+
+
 def run(cfg: EvalSettings) -> dict:
     from tqdm import tqdm
 
@@ -181,8 +217,8 @@ def run(cfg: EvalSettings) -> dict:
     from medner.eval.report import write_report
     from medner.eval.score import score, throughput
 
-    if cfg.backend not in ("server", "vllm", "hf", "tokcls"):
-        raise ConfigError(f"backend must be server, vllm, hf or tokcls, not {cfg.backend!r}")
+    if cfg.backend not in ("server", "vllm", "hf", "ray", "tokcls"):
+        raise ConfigError(f"backend must be server, vllm, hf, ray or tokcls, not {cfg.backend!r}")
     from medner.engine import resolve_merge
 
     from medner.prompts.contract import grounded_mode
@@ -219,7 +255,9 @@ def run(cfg: EvalSettings) -> dict:
             raise ConfigError(str(e)) from None
         if rec["corpus"] != corpus.name:
             raise ConfigError(f"{cfg.adapter}: trained on {rec['corpus']!r}, not on {corpus.name!r}: its tag set is {rec['labels']}")
-    elif cfg.backend in ("vllm", "hf"):
+    elif cfg.backend == "ray" and not cfg.url and not cfg.model:
+        raise ConfigError("backend=ray needs url= (servers, comma-separated) or model= (vLLM inside the Ray actors)")
+    elif cfg.backend in ("vllm", "hf") or (cfg.backend == "ray" and not cfg.url):
         if not cfg.model:
             raise ConfigError(f"backend={cfg.backend} needs model=PATH (the base model)")
         from medner.models import resolve_model
@@ -227,7 +265,7 @@ def run(cfg: EvalSettings) -> dict:
         model_dir = resolve_model(cfg.model)
     # the adapter is checked now; a server (without a local adapter) is asked for its prompt version only when
     # there is something to predict, so a finished run can be rescored with the server down
-    task = _task(cfg, corpus, model_dir) if cfg.backend != "tokcls" and (cfg.adapter or cfg.backend != "server") else None
+    task = _task(cfg, corpus, model_dir) if cfg.backend not in ("tokcls", "ray") and (cfg.adapter or cfg.backend != "server") else None
     pred_path = out / "predictions.jsonl"
     ids = {r["id"] for r in gold}
     done = _load_done(pred_path, ids) if cfg.resume else {}
@@ -247,6 +285,8 @@ def run(cfg: EvalSettings) -> dict:
     try:
         if todo and cfg.backend == "tokcls":
             wall = _predict_tokcls(cfg, corpus, todo, write)
+        elif todo and cfg.backend == "ray":
+            wall = _predict_ray(cfg, corpus, todo, write, out, grounded)
         elif todo:
             from medner.eval.backends import predict
 

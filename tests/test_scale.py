@@ -164,3 +164,20 @@ def test_parallel_sizes_are_checked_against_the_gpus():
         check_parallel(ServeSettings(tensor_parallel_size=2, pipeline_parallel_size=2, data_parallel_size=2), gpus=4)
     with pytest.raises(ValueError, match="at least 1"):
         check_parallel(ServeSettings(data_parallel_size=0))
+
+
+@pytest.mark.slow
+def test_eval_backend_ray_scores_like_the_server_backend(vllm_server, tmp_path):
+    from conftest import run_medner
+
+    common = ["eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "corpus=ncbi-disease", "split=test",
+              "limit=60", "bootstrap=0"]
+    run_medner(*common, "backend=server", f"out={tmp_path / 'server'}", check=True)
+    run_medner(*common, "backend=ray", "ray_shard_records=25", f"out={tmp_path / 'ray'}", check=True)
+    srv, ray_ = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("server", "ray"))
+    assert ray_["records"] == srv["records"] == 60 and ray_["run"]["backend"] == "ray"
+    assert ray_["seqeval"]["micro"] == srv["seqeval"]["micro"]
+    rows = {d: [json.loads(l) for l in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("server", "ray")}
+    assert [r["id"] for r in rows["ray"]] == [r["id"] for r in rows["server"]]
+    assert [r["raw"] for r in rows["ray"]] == [r["raw"] for r in rows["server"]]
+    assert len(list((tmp_path / "ray" / "ray-parts").glob("part-*.jsonl"))) == 3
