@@ -33,7 +33,7 @@ def snapshots(run: Path) -> list[Path]:
     return sorted(found, key=lambda d: json.loads((d / "snapshot.json").read_text())["step"])
 
 
-def dev_eval(model: str, adapter: Path, corpus: str, out: Path, log: Path, limit: int | None, batch_size: int = 128) -> dict:
+def dev_eval(model: str, adapter: Path, corpus: str, out: Path, log: Path, limit: int | None, batch_size: int = 4096) -> dict:
     seconds = None
     if not (out / "report.json").is_file():
         seconds = medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=vllm", f"model={model}", f"adapter={adapter}",
@@ -68,7 +68,9 @@ def plot(points: list[dict], corpus: str, path: Path, title: str) -> None:
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     a.set_ylabel(f"strict F1, full {corpus} dev split")
-    fig.suptitle(title, fontsize=9)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -85,8 +87,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--budget-s", type=float, help="stop training after this many seconds (max_train_wall_s)")
     ap.add_argument("--dev-limit", type=int, help="first N dev records only (default: the full split)")
-    ap.add_argument("--dev-batch-size", type=int, default=128,
-                    help="records in flight in the offline engine (on a CPU a wider batch costs little more per decoding step)")
+    ap.add_argument("--dev-batch-size", type=int, default=4096,
+                    help="records per engine call: the whole dev split at once, 128 in flight and scheduled continuously, so a "
+                         "long reply does not hold the others back (a killed evaluation then redoes the split)")
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--name", help="run folder name (default: curve-<train corpora>)")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")

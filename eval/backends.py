@@ -111,6 +111,9 @@ class HFBackend:
 
 
 # -- vLLM offline engine --------------------------------------------------------------------------
+MAX_IN_FLIGHT = 128
+
+
 class VLLMBackend:
     """vLLM's offline engine with the settings of :mod:`medner.engine` (the server's, too)."""
 
@@ -124,10 +127,12 @@ class VLLMBackend:
 
         from medner.engine import engine_settings, offline_kwargs
 
-        # every request of a chunk in flight at once: on a CPU, decoding is bound by reading the weights, so a
-        # wider batch costs little more per step than a narrow one
+        # up to 128 requests of a chunk in flight at once: on a CPU, decoding is bound by reading the weights, so a
+        # wider batch costs little more per step than a narrow one. A chunk larger than that is scheduled
+        # continuously (a finished request's place goes to the next one), so one long reply does not hold the
+        # others back as it does at a chunk's end
         s = engine_settings(model_dir, adapter, merge, max_model_len, enable_prefix_caching=enable_prefix_caching, block_size=block_size,
-                            max_num_seqs=max(32, batch_size))
+                            max_num_seqs=min(MAX_IN_FLIGHT, max(32, batch_size)))
         self.settings = s
         self.llm = LLM(**offline_kwargs(s))
         self.tokenizer = self.llm.get_tokenizer()

@@ -84,3 +84,57 @@ def test_eval_unreachable_server(tmp_path):
 
     proc = run_medner("eval", "run", "--config", CFG, f"url=http://127.0.0.1:{free_port()}/v1", "limit=2", f"out={tmp_path}")
     assert proc.returncode == 1 and "cannot reach the server" in proc.stderr
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant process of ``pid`` (from /proc)."""
+    import os
+
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parent.items() if pp == p}
+        out |= kids
+        todo += list(kids)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_offline_engine_with_the_command(tiny_model, tiny_adapter, tmp_path):
+    """`medner eval run backend=vllm` stopped with SIGTERM (a scheduler, `kill`) takes vLLM's engine processes with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "medner.cli", "eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=vllm",
+                             f"model={tiny_model}", f"adapter={tiny_adapter}", "split=train", f"out={tmp_path}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _children(proc.pid):  # the engine core starts in a child process
+        assert proc.poll() is None, "eval ended before it could be stopped"
+        time.sleep(1)
+    time.sleep(10)  # the engine's own workers, then generation under way
+    assert proc.poll() is None, "eval ended before it could be stopped"
+    kids = _children(proc.pid)
+    assert kids, "the offline engine runs no child process to check"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    time.sleep(5)
+    assert not [k for k in kids if _alive(k)], "vLLM engine processes outlived the command"
