@@ -14,7 +14,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import random
 import shutil
 import time
