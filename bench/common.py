@@ -103,7 +103,10 @@ def medner(*args: str, log: Path | None = None, check: bool = True) -> float:
     else:
         proc = subprocess.run([sys.executable, "-m", "medner.cli", *args])
     if check and proc.returncode != 0:
-        raise SystemExit(f"medner {' '.join(args)} failed ({proc.returncode})" + (f"; see {log}" if log else ""))
+        hint = ""
+        if proc.returncode == -9:  # SIGKILL: on a training run almost always the kernel's out-of-memory killer
+            hint = " (killed: most often out of memory; halve batch_size and double grad_accum, or set group_by_length=true)"
+        raise SystemExit(f"medner {' '.join(args)} failed ({proc.returncode}){hint}" + (f"; see {log}" if log else ""))
     return time.perf_counter() - t
 
 

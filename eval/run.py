@@ -86,6 +86,8 @@ class EvalSettings:
     ray_address: str | None = None
     ray_shard_records: int = 256
     ray_workers: int | None = None
+    # tokcls backend: argmax (+ CoNLL repair) | viterbi (BIO-valid best path); null = as the run was trained
+    tokcls_decode: str | None = None
 
 
 def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
@@ -167,7 +169,7 @@ def _predict_tokcls(cfg: EvalSettings, corpus, records: list[dict], write) -> fl
 
     from medner.tokcls import TokenTagger
 
-    tagger = TokenTagger.load(cfg.adapter, cfg.model, corpus.name, batch_size=cfg.batch_size)
+    tagger = TokenTagger.load(cfg.adapter, cfg.model, corpus.name, batch_size=cfg.batch_size, decode=cfg.tokcls_decode)
     tagger.tag_records(records[:1])  # warm-up, untimed, as every backend gets
     t0 = time.perf_counter()
     step = max(1, 4 * cfg.batch_size)
@@ -219,6 +221,8 @@ def run(cfg: EvalSettings) -> dict:
 
     if cfg.backend not in ("server", "vllm", "hf", "ray", "tokcls"):
         raise ConfigError(f"backend must be server, vllm, hf, ray or tokcls, not {cfg.backend!r}")
+    if cfg.tokcls_decode not in (None, "argmax", "viterbi"):
+        raise ConfigError(f"tokcls_decode must be argmax, viterbi or null (as trained), not {cfg.tokcls_decode!r}")
     from medner.engine import resolve_merge
 
     from medner.prompts.contract import grounded_mode
@@ -250,11 +254,11 @@ def run(cfg: EvalSettings) -> dict:
         from medner.tokcls import TokClsError, read_tokcls_record
 
         try:
-            rec = read_tokcls_record(cfg.adapter)
+            tok_rec = read_tokcls_record(cfg.adapter)
         except TokClsError as e:
             raise ConfigError(str(e)) from None
-        if rec["corpus"] != corpus.name:
-            raise ConfigError(f"{cfg.adapter}: trained on {rec['corpus']!r}, not on {corpus.name!r}: its tag set is {rec['labels']}")
+        if tok_rec["corpus"] != corpus.name:
+            raise ConfigError(f"{cfg.adapter}: trained on {tok_rec['corpus']!r}, not on {corpus.name!r}: its tag set is {tok_rec['labels']}")
     elif cfg.backend == "ray" and not cfg.url and not cfg.model:
         raise ConfigError("backend=ray needs url= (servers, comma-separated) or model= (vLLM inside the Ray actors)")
     elif cfg.backend in ("vllm", "hf") or (cfg.backend == "ray" and not cfg.url):
@@ -304,5 +308,7 @@ def run(cfg: EvalSettings) -> dict:
         report["throughput"]["backend"] = cfg.backend
     report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained if cfg.backend != "tokcls" else None, "grounded": grounded or False, "prompt_version": task.prompt_version if task else cfg.prompt_version,
                      "model": cfg.served_model if cfg.backend == "server" else cfg.model, "adapter": cfg.adapter, "resumed_records": len(done)}
+    if cfg.backend == "tokcls":
+        report["run"]["tokcls_decode"] = cfg.tokcls_decode or tok_rec.get("decode", "argmax")
     write_report(report, out, with_text=not cfg.no_text, records=gold, preds=preds)
     return report

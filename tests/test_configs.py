@@ -53,6 +53,14 @@ def test_bad_merge_value_is_refused_in_one_line(tmp_path):
     assert proc.returncode == 1 and "merge must be auto, true or false" in proc.stderr
 
 
+def test_bad_tokcls_decode_is_refused_in_one_line(tmp_path):
+    from conftest import run_medner
+
+    proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", "tokcls_decode=beam", f"out={tmp_path}")
+    assert proc.returncode == 1 and "tokcls_decode must be argmax, viterbi or null" in proc.stderr
+    assert not (tmp_path / "predictions.jsonl").exists()
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "sft/configs/accelerate").glob("*.yaml")), ids=lambda p: p.name)
 def test_accelerate_configs_name_their_launch_command(path):
     import yaml
