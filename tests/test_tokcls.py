@@ -150,12 +150,12 @@ def test_eval_backend_scores_like_the_generative_runs(tokcls_run, tiny_model, tm
     preds = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 12 and all(p["text"][e["start"] : e["end"]] == e["text"] for p in preds for e in p["entities"])
     assert (out / "report.html").is_file()
-    assert rep["run"]["tokcls_decode"] == "argmax"
-    # Viterbi decoding of the same run: a BIO-valid path, the same offset contract
+    assert rep["run"]["tokcls_decode"] == "viterbi"  # as the run was trained (the default)
+    # argmax decoding of the same run, chosen at evaluation time: the same offset contract
     vit = tmp_path / "vit"
-    run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", f"model={tiny_model}", "tokcls_decode=viterbi",
+    run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", f"model={tiny_model}", "tokcls_decode=argmax",
                f"adapter={tokcls_run / 'adapter'}", "corpus=ncbi-disease", "split=test", "limit=12", f"out={vit}", "bootstrap=50", check=True)
-    assert json.loads((vit / "report.json").read_text())["run"]["tokcls_decode"] == "viterbi"
+    assert json.loads((vit / "report.json").read_text())["run"]["tokcls_decode"] == "argmax"
     vpreds = [json.loads(l) for l in (vit / "predictions.jsonl").read_text().splitlines()]
     assert len(vpreds) == 12 and all(p["text"][e["start"] : e["end"]] == e["text"] for p in vpreds for e in p["entities"])
     # a tokcls run is not a generative adapter, and a generative adapter is not a tokcls run
