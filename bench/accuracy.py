@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -172,6 +173,13 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
               f"(greedy; the constrained and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
         extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
     )
+    # the human-readable report of each run beside the figures (per-type table, failures, error analysis)
+    name = f"{corpus}-mixture-accuracy" if mixture else f"{corpus}-accuracy"
+    reports = ROOT / "bench/results/reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    for key, label in (("ft", "constrained"), ("free", "unconstrained"), ("zs", "zero-shot")):
+        if (runs[key] / "report.md").is_file():
+            shutil.copy(runs[key] / "report.md", reports / f"{name}-{label}.md")
     if same == 1.0:
         print(f"WARNING {corpus}: every reply with the adapter equals the zero-shot reply: the adapter had no effect in serving")
     print(json.dumps(metrics, indent=2))
