@@ -152,12 +152,12 @@ def test_eval_backend_scores_like_the_generative_runs(tokcls_run, tiny_model, tm
     assert (out / "report.html").is_file()
     assert rep["run"]["tokcls_decode"] == "viterbi"  # as the run was trained (the default)
     # argmax decoding of the same run, chosen at evaluation time: the same offset contract
-    vit = tmp_path / "vit"
+    arg = tmp_path / "argmax"
     run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", f"model={tiny_model}", "tokcls_decode=argmax",
-               f"adapter={tokcls_run / 'adapter'}", "corpus=ncbi-disease", "split=test", "limit=12", f"out={vit}", "bootstrap=50", check=True)
-    assert json.loads((vit / "report.json").read_text())["run"]["tokcls_decode"] == "argmax"
-    vpreds = [json.loads(l) for l in (vit / "predictions.jsonl").read_text().splitlines()]
-    assert len(vpreds) == 12 and all(p["text"][e["start"] : e["end"]] == e["text"] for p in vpreds for e in p["entities"])
+               f"adapter={tokcls_run / 'adapter'}", "corpus=ncbi-disease", "split=test", "limit=12", f"out={arg}", "bootstrap=50", check=True)
+    assert json.loads((arg / "report.json").read_text())["run"]["tokcls_decode"] == "argmax"
+    apreds = [json.loads(l) for l in (arg / "predictions.jsonl").read_text().splitlines()]
+    assert len(apreds) == 12 and all(p["text"][e["start"] : e["end"]] == e["text"] for p in apreds for e in p["entities"])
     # a tokcls run is not a generative adapter, and a generative adapter is not a tokcls run
     wrong = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=hf", f"model={tiny_model}",
                        f"adapter={tokcls_run / 'adapter'}", "limit=2", f"out={tmp_path / 'w'}")
