@@ -1,5 +1,6 @@
 """Real-model accuracy: SFT on a corpus's training split, then the full test split through the real vLLM
-server — schema-constrained, unconstrained, and zero-shot — recorded as `<corpus>-accuracy`.
+server — schema-constrained (plain schema), grounded (ordered spans, the default decoding), unconstrained, and
+zero-shot — recorded as `<corpus>-accuracy`.
 
     python -m bench.accuracy --model PATH --corpus ncbi-disease [--train-examples 480] [--limit N]
     python -m bench.accuracy --model PATH --corpus ncbi-disease --from-curve   # the learning curve's best adapter
@@ -104,7 +105,8 @@ def main() -> int:
     from medner.models import adapter_hash
 
     tag = adapter_hash(adapter)[:10] if (adapter / "adapter_config.json").is_file() else "untrained"
-    runs = {c: {"ft": run_dir / f"eval-{c}-ft-{tag}", "free": run_dir / f"eval-{c}-ft-free-{tag}", "zs": run_dir / f"eval-{c}-zero-shot"} for c in corpora}
+    runs = {c: {"ft": run_dir / f"eval-{c}-ft-{tag}", "free": run_dir / f"eval-{c}-ft-free-{tag}", "grounded": run_dir / f"eval-{c}-ft-grounded-{tag}",
+                "zs": run_dir / f"eval-{c}-zero-shot"} for c in corpora}
     walls: dict = {}
     if a.record_only:
         for c in corpora:
@@ -123,12 +125,15 @@ def main() -> int:
     with server(a.model, str(adapter), corpora[0], log) as url:
         jobs = {}
         for c in corpora:
-            jobs[(c, "eval_constrained_wall_s")] = [*common(c, url), "served_model=ner", f"out={runs[c]['ft']}"]
+            # `f1` is the plain schema's (comparable with every figure recorded before grounded decoding became the
+            # default); the default, grounded ordered decoding, is recorded beside it as `grounded_f1`
+            jobs[(c, "eval_constrained_wall_s")] = [*common(c, url), "served_model=ner", "grounded=false", f"out={runs[c]['ft']}"]
             jobs[(c, "eval_unconstrained_wall_s")] = [*common(c, url), "served_model=ner", "constrained=false", f"out={runs[c]['free']}"]
+            jobs[(c, "eval_grounded_wall_s")] = [*common(c, url), "served_model=ner", "grounded=ordered", f"out={runs[c]['grounded']}"]
         run_jobs(jobs)
     if not a.skip_zero_shot:
         with server(a.model, None, corpora[0], log) as url:
-            run_jobs({(c, "eval_zero_shot_wall_s"): [*common(c, url), "served_model=base", f"out={runs[c]['zs']}"] for c in corpora})
+            run_jobs({(c, "eval_zero_shot_wall_s"): [*common(c, url), "served_model=base", "grounded=false", f"out={runs[c]['zs']}"] for c in corpora})
     for c in corpora:
         record(a, c, runs[c], manifest, summary, {**timings, **{k: v for (cc, k), v in walls.items() if cc == c}})
     return 0
@@ -137,6 +142,7 @@ def main() -> int:
 def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: dict) -> None:
     ft, free = summarize(runs["ft"]), summarize(runs["free"])
     zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
+    grounded = summarize(runs["grounded"]) if runs["grounded"].joinpath("report.json").is_file() else None
     ref_name, ref_f1 = PUBLISHED.get(corpus, (None, None))
     same = _same_raw(runs["ft"], runs["zs"]) if zs else None  # a share near 1 means the adapter did not act
     metrics = {
@@ -144,6 +150,10 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
         "adapter_replies_identical_to_zero_shot": same,
         "f1": ft["f1"],
         "unconstrained_f1": free["f1"],
+        # grounded ordered decoding (the product's default): every mention a span of the input, in order
+        "grounded_f1": grounded["f1"] if grounded else None,
+        "grounded_f1_ci95": grounded["f1_ci95"] if grounded else None,
+        "grounded_ungrounded": grounded["ungrounded"] if grounded else None,
         "zero_shot_f1": zs["f1"] if zs else None,
         "f1_ci95_low": ft["f1_ci95"][0],
         "f1_ci95_high": ft["f1_ci95"][1],
@@ -170,14 +180,14 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
                 + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else ""),
         notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU, prompt {summary.get('prompt_version')}), "
               f"{metrics['train_examples']} training examples of {', '.join(summary.get('trained_on') or [])} in {summary.get('steps')} steps and {summary.get('train_wall_s') or 0:.0f} s of training; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
-              f"(greedy; the constrained and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
-        extra={"details": {"constrained": ft, "unconstrained": free, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
+              f"(greedy; `f1` under the plain answer schema, `grounded_f1` under grounded ordered decoding; the constrained, grounded and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
+        extra={"details": {"constrained": ft, "unconstrained": free, "grounded": grounded, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
     )
     # the human-readable report of each run beside the figures (per-type table, failures, error analysis)
     name = f"{corpus}-mixture-accuracy" if mixture else f"{corpus}-accuracy"
     reports = ROOT / "bench/results/reports"
     reports.mkdir(parents=True, exist_ok=True)
-    for key, label in (("ft", "constrained"), ("free", "unconstrained"), ("zs", "zero-shot")):
+    for key, label in (("ft", "constrained"), ("free", "unconstrained"), ("grounded", "grounded"), ("zs", "zero-shot")):
         if (runs[key] / "report.md").is_file():
             shutil.copy(runs[key] / "report.md", reports / f"{name}-{label}.md")
     if same == 1.0:

@@ -151,7 +151,8 @@ class VLLMBackend:
 
         params = [SamplingParams(temperature=0, max_tokens=p["max_tokens"], structured_outputs=constraint(p)) for p in plans]
         outs = self.llm.chat([p["messages"] for p in plans], params, use_tqdm=False, lora_request=self.lora)
-        return [{"raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason, "output_tokens": len(o.outputs[0].token_ids)} for o in outs]
+        return [{"raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason, "output_tokens": len(o.outputs[0].token_ids),
+                 "prompt_tokens": len(o.prompt_token_ids or []), "cached_prompt_tokens": o.num_cached_tokens or 0} for o in outs]
 
 
 

@@ -199,7 +199,7 @@ class EngineShardWorker:
 
 def run(path: str, out_dir: str, task_args: dict, urls: Sequence[str] | None = None, model: str = "ner", base_model: str | None = None,
         adapter: str | None = None, address: str | None = None, shard_records: int = 256, workers: int | None = None, api_key: str | None = None,
-        concurrency: int = 8, window_tokens: int = 256, grounded: str | None = None, raw: bool = False) -> dict:
+        concurrency: int = 8, window_tokens: int = 256, grounded: str | None = "ordered", raw: bool = False) -> dict:
     """Plan, skip finished shards, run the rest on Ray Data; returns a summary (records, shards run and skipped, failed)."""
     if bool(urls) == bool(base_model):
         raise RayExtractError("give --url (one or more medner serve endpoints) or --base-model (vLLM inside the Ray actors), not both or neither")

@@ -62,8 +62,9 @@ class EvalSettings:
     constrained: bool = True
     # grounded decoding (needs constrained): every mention is a span of the input, by construction.
     # true = ordered (each mention after the previous one: no repeats beyond the text, no overlaps),
-    # substring (any span, any order), false = the plain schema
-    grounded: bool | str = False
+    # substring (any span, any order), false = the plain schema; null (default) = ordered wherever it
+    # applies (constrained decoding on a generative backend), off for free decoding and tokcls
+    grounded: bool | str | None = None
     # requests in flight (server) / records per generate call (hf) / records per engine call (vllm)
     concurrency: int = 16
     batch_size: int = 16
@@ -117,14 +118,20 @@ def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
     """Refuse to resume predictions that another setup wrote into the same folder."""
     import yaml
 
+    from medner.prompts.contract import resolve_grounded
+
     old_path = out / "config.resolved.yaml"
     if not (cfg.resume and old_path.is_file() and (out / "predictions.jsonl").is_file()):
         return
     old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
-    changed = [k for k in SETUP_KEYS if k in old and old[k] != getattr(cfg, k)]
+    new = {k: getattr(cfg, k) for k in SETUP_KEYS}
+    if "grounded" in old:  # the mode in effect, so `null` (the default) resumes a run that wrote it out
+        old["grounded"] = resolve_grounded(old["grounded"], old.get("constrained", True), old.get("backend", "server"))
+        new["grounded"] = resolve_grounded(cfg.grounded, cfg.constrained, cfg.backend)
+    changed = [k for k in SETUP_KEYS if k in old and old[k] != new[k]]
     if changed:
         raise ConfigError(
-            f"{out} holds predictions of another setup ({', '.join(f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
+            f"{out} holds predictions of another setup ({', '.join(f'{k}: {old[k]!r} -> {new[k]!r}' for k in changed)}); "
             "use another out=, or resume=false to start over"
         )
 
@@ -224,16 +231,13 @@ def run(cfg: EvalSettings) -> dict:
     if cfg.tokcls_decode not in (None, "argmax", "viterbi"):
         raise ConfigError(f"tokcls_decode must be argmax, viterbi or null (as trained), not {cfg.tokcls_decode!r}")
     from medner.engine import resolve_merge
-
-    from medner.prompts.contract import grounded_mode
+    from medner.prompts.contract import resolve_grounded
 
     try:
         resolve_merge(cfg.merge)
-        grounded = grounded_mode(cfg.grounded)
+        grounded = resolve_grounded(cfg.grounded, cfg.constrained, cfg.backend)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if grounded and not cfg.constrained:
-        raise ConfigError("grounded decoding is a decoding constraint: it needs constrained=true")
     if cfg.backend == "tokcls":
         if not cfg.adapter:
             raise ConfigError("backend=tokcls needs adapter=DIR (the adapter folder of a `medner tokcls train` run)")

@@ -88,6 +88,8 @@ class Reply(TypedDict, total=False):
     raw: str | None
     finish_reason: str | None   # stop | length | error
     output_tokens: int
+    prompt_tokens: int          # vLLM offline engine: the prompt's tokens,
+    cached_prompt_tokens: int   # and how many of them came from the prefix cache
     error: str
 
 
@@ -100,6 +102,19 @@ def grounded_mode(value) -> str | None:
     if value in GROUNDED_MODES:
         return value
     raise ValueError(f"grounded must be true, false, {' or '.join(GROUNDED_MODES)}, not {value!r}")
+
+
+def resolve_grounded(setting, constrained: bool, backend: str = "server") -> str | None:
+    """The grounded-decoding mode a run uses. Unset (None) means the default: ``ordered`` where it applies
+    (constrained decoding on a generative backend; it measured at least as accurate as the plain schema at
+    the same speed on both corpora, BENCHMARKS.md), off for free decoding and token classification. An
+    explicit setting is taken as written, and refused with free decoding."""
+    if setting is None:
+        return "ordered" if constrained and backend != "tokcls" else None
+    mode = grounded_mode(setting)
+    if mode and not constrained:
+        raise ValueError("grounded decoding is a decoding constraint: it needs constrained=true")
+    return mode
 
 
 def plan_requests(text: str, offsets: Sequence[Sequence[int]], task: Task, cap: int, tokenizer: ChatTokenizer, max_model_len: int,
@@ -211,6 +226,9 @@ def assemble_result(text: str, plans: Sequence[Plan], replies: Sequence[Reply]) 
         "windows": len(plans),
         "output_tokens": sum(r.get("output_tokens") or 0 for r in replies),
     }
+    if any("cached_prompt_tokens" in r for r in replies):  # where the backend reports prefix-cache reuse
+        out["prompt_tokens"] = sum(r.get("prompt_tokens") or 0 for r in replies)
+        out["cached_prompt_tokens"] = sum(r.get("cached_prompt_tokens") or 0 for r in replies)
     if errors:
         out["error"] = "; ".join(errors)
     return out

@@ -62,7 +62,7 @@ class ExtractRequest(BaseModel):
     labels: list[str] | dict[str, str] | None = Field(None, description="ad-hoc labels, or {label: description}")
     lang: str = Field("en", description="en or zh (with ad-hoc labels)")
     model: str | None = Field(None, description="served model name (default: the API's model)")
-    grounded: bool | str = Field(False, description="every mention a span of the input: true (= ordered), ordered, substring or false")
+    grounded: bool | str = Field(True, description="every mention a span of the input, by construction: true (= ordered, the default), ordered, substring, or false for the plain schema")
 
 
 def _check_limits(req: ExtractRequest, limits: Limits) -> None:

@@ -172,8 +172,10 @@ def add_serve_commands(stages) -> None:
     e.add_argument("--concurrency", type=int, default=8, help="texts in flight at once")
     e.add_argument("--window-tokens", type=int, default=256, help="window cap for long texts (Qwen2.5 tokens)")
     e.add_argument("--max-tokens", type=int, help="cap on max_tokens per request (default: derived from the schema bound)")
-    e.add_argument("--grounded", nargs="?", const="ordered", default=None, choices=["ordered", "substring"],
-                   help="every mention a span of the input, by construction (default mode: ordered)")
+    e.add_argument("--grounded", nargs="?", const="ordered", default="ordered", choices=["ordered", "substring"],
+                   help="every mention a span of the input, by construction (the default: ordered, in order of appearance; substring: any span)")
+    e.add_argument("--no-grounded", dest="grounded", action="store_const", const=None,
+                   help="the plain answer schema: mentions may be any string (counted as ungrounded when not in the text)")
     e.add_argument("--prompt-version", help="prompt templates to query with (default: the served model's trained version; another is refused)")
     e.add_argument("--out", help="write JSONL here instead of stdout")
     e.add_argument("--raw", action="store_true", help="include the raw model output")

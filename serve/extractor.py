@@ -21,7 +21,7 @@ from medner.serve.client import ExtractClient
 
 class Extractor:
     def __init__(self, url: str = "http://127.0.0.1:8000/v1", corpus: str | None = "ncbi-disease", labels: Sequence[str] | dict | None = None,
-                 lang: str = "en", model: str = "ner", grounded: bool | str = False, api_key: str | None = None,
+                 lang: str = "en", model: str = "ner", grounded: bool | str = True, api_key: str | None = None,
                  prompt_version: str | None = None, window_tokens: int = 256, concurrency: int = 8):
         """``corpus``: a registered label set (its language too); or ``labels`` (names or {name: description}) with
         ``lang``. ``api_key``: default ``MEDNER_API_KEY``. The prompt version is the served model's trained one."""

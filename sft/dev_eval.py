@@ -37,6 +37,9 @@ class DevEvalCallback(TrainerCallback):
         self.trainer = None
         self._last_step = -1
         self.clock = clock  # a WallClock: dev evaluation time is kept out of the training clock
+        from medner.prompts.contract import resolve_grounded
+
+        self.grounded = resolve_grounded(cfg.dev_grounded, cfg.dev_constrained, "hf")  # as `medner eval run` decodes
         self.seconds = 0.0
 
     def on_train_begin(self, args, state, control, **kw):
@@ -86,7 +89,8 @@ class DevEvalCallback(TrainerCallback):
 
             for name, records in self.records.items():
                 task = task_for(self.corpora[name], prompt_version=self.cfg.prompt_version)
-                predict(backend, records, task, write, self.cfg.window_tokens, self.cfg.dev_constrained, self.cfg.dev_max_new_tokens, warm_up=False)
+                predict(backend, records, task, write, self.cfg.window_tokens, self.cfg.dev_constrained, self.cfg.dev_max_new_tokens, warm_up=False,
+                        grounded=self.grounded)
                 gold += records
                 if len(self.records) > 1:
                     per_corpus[name] = score(records, {r["id"]: preds[r["id"]] for r in records}, bootstrap=0)["seqeval"]["micro"]["f1"]

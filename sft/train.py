@@ -84,6 +84,8 @@ class SFTSettings:
     dev_batch_size: int = 8
     # schema-constrained dev generation (xgrammar) or free decoding
     dev_constrained: bool = True
+    # grounded dev generation, as `medner eval run`'s `grounded`: null = ordered when constrained
+    dev_grounded: bool | str | None = None
     dev_max_new_tokens: int = 256
     # keep the adapter when the run has seen each of these many training examples (<output_dir>/curve/step-N),
     # for a learning curve; null = none
@@ -277,6 +279,12 @@ def train(cfg: SFTSettings) -> Path:
         save_config(cfg, out / "config.resolved.yaml")
     corpora = {name: get_corpus(name) for name in cfg.corpora}  # fail fast on an unknown corpus
     template_hash(cfg.prompt_version)  # fail fast on an unknown prompt version
+    try:  # fail fast on a dev decoding setting that cannot apply
+        from medner.prompts.contract import resolve_grounded
+
+        resolve_grounded(cfg.dev_grounded, cfg.dev_constrained, "hf")
+    except ValueError as e:
+        raise ConfigError(f"dev_grounded: {e}") from None
     model_dir = resolve_model(cfg.model)
     device = pick_device(cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

@@ -39,8 +39,9 @@ def test_openai_sdk_chat_with_schema_is_valid_and_stops(vllm_server, registry):
     jsonschema.validate(json.loads(choice.message.content), schema)
 
 
-def test_extract_cli_grounds_offsets(vllm_server, tmp_path):
-    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--corpus", "ncbi-disease", TEXT, "--raw", check=True)
+def test_extract_cli_plain_schema_grounds_offsets(vllm_server, tmp_path):
+    # --no-grounded: the plain answer schema, where a mention may be any string; grounding happens after the reply
+    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--corpus", "ncbi-disease", "--no-grounded", TEXT, "--raw", check=True)
     out = json.loads(proc.stdout)
     assert out["text"] == TEXT and out["status"] == "ok"
     for e in out["entities"]:
@@ -114,8 +115,12 @@ def test_extract_api_endpoint(vllm_server):
         assert r2.status_code == 200 and r2.json()["text"] == "发热三天"
         assert api.post("/v1/extract", json={"text": "x", "corpus": "nope"}).status_code == 422
         assert api.post("/v1/extract", json={"text": "x"}).status_code == 422
+        # grounded is the default: what was asked above with no "grounded" field equals an explicit true
         g = api.post("/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease", "grounded": True}).json()
         assert g["status"] == "ok" and not g["dropped"] and all(TEXT[e["start"]:e["end"]] == e["text"] for e in g["entities"])
+        assert (g["entities"], g["dropped"]) == (body["entities"], body["dropped"])
+        plain = api.post("/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease", "grounded": False}).json()
+        assert plain["status"] == "ok" and all(TEXT[e["start"]:e["end"]] == e["text"] for e in plain["entities"])
         assert api.post("/v1/extract", json={"text": "x", "corpus": "ncbi-disease", "grounded": "fuzzy"}).status_code == 422
 
 
@@ -136,15 +141,23 @@ def test_grounded_eval_and_extract_through_the_server(vllm_server, tmp_path):
     from test_grounded import _check_grounded_run
 
     found = 0
-    for corpus in ("ncbi-disease", "cmedqaner"):
+    for corpus in ("ncbi-disease", "cmedqaner"):  # no grounded= given: ordered is the default of a constrained run
         out = tmp_path / corpus
         run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "served_model=ner",
-                   f"corpus={corpus}", "split=test", "limit=12", "grounded=true", f"out={out}", "bootstrap=0", check=True)
+                   f"corpus={corpus}", "split=test", "limit=12", f"out={out}", "bootstrap=0", check=True)
         found += _check_grounded_run(out)
     assert found > 0, "no entity predicted: nothing was checked"
-    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--grounded", "--raw", TEXT, check=True)
-    res = json.loads(proc.stdout)
-    assert res["status"] == "ok" and not res["dropped"] and all(TEXT[e["start"]:e["end"]] == e["text"] for e in res["entities"])
+    # resuming that run with the default written out is the same setup; the plain schema is another one
+    again = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "served_model=ner",
+                       "corpus=cmedqaner", "split=test", "limit=12", "grounded=ordered", f"out={tmp_path / 'cmedqaner'}", "bootstrap=0", check=True)
+    assert again.returncode == 0
+    other = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "served_model=ner",
+                       "corpus=cmedqaner", "split=test", "limit=12", "grounded=false", f"out={tmp_path / 'cmedqaner'}", "bootstrap=0")
+    assert other.returncode != 0 and "grounded: 'ordered' -> None" in other.stderr, other.stderr[-800:]
+    for flags in ([], ["--grounded"]):  # the default and the explicit flag
+        proc = run_medner("extract", "--url", vllm_server, "--model", "ner", *flags, "--raw", TEXT, check=True)
+        res = json.loads(proc.stdout)
+        assert res["status"] == "ok" and not res["dropped"] and all(TEXT[e["start"]:e["end"]] == e["text"] for e in res["entities"])
 
 
 def test_api_health_when_upstream_down():
