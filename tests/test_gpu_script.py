@@ -68,6 +68,7 @@ def test_dry_run_trains_evaluates_and_records(tmp_path):
     res = json.loads((tmp_path / "gpu/results/ncbi-disease-gpu-accuracy.json").read_text())
     m = res["metrics"]
     assert m["test_records"] == 4 and m["gpu"] == "none (CPU dry run)" and m["train_steps"] == 2
+    assert m["grounded"] == "ordered"  # the default decoding, recorded
     assert 0.0 <= m["f1"] <= 1.0 and m["train_wall_s"] > 0
     assert "DRY RUN" in res["notes"]
     # it ran this checkout's code, through the link folder, whatever medner is installed
