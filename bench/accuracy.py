@@ -114,26 +114,52 @@ def main() -> int:
         return 0
     # one engine per model, never the fine-tuned and the zero-shot runs on one engine: the fine-tuned model
     # (merged on the CPU build) first, with its constrained and free runs side by side, then the base alone
-    def run_jobs(jobs: dict) -> None:
+    from medner.data.records import convert
+    from medner.data.registry import get_corpus
+
+    expected = {c: min(a.limit or 10**9, len(convert(get_corpus(c), "test"))) for c in corpora}
+
+    def finished(c: str, out: Path) -> bool:
+        """A run folder whose report covers the records asked for: reused as it is (resuming it through a server
+        on another port would be refused as another setup)."""
+        try:
+            return report(out)["records"] == expected[c]
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def pending(jobs: dict) -> dict:
+        for k in [k for k, (_, out) in jobs.items() if finished(k[0], out)]:
+            out = jobs.pop(k)[1]
+            walls[k] = float((out / "wall_s.txt").read_text()) if (out / "wall_s.txt").is_file() else None
+            print(f"{out}: finished earlier, reused", flush=True)
+        return jobs
+
+    def run_jobs(jobs: dict, url: str) -> None:
+        jobs = {k: [*common(k[0], url), *extra, f"out={out}"] for k, (extra, out) in jobs.items()}
         with ThreadPoolExecutor(len(jobs)) as pool:
             futures = {k: pool.submit(medner, *args, log=run_dir / f"{k[0]}-{k[1]}.log") for k, args in jobs.items()}
             walls.update({k: f.result() for k, f in futures.items()})
+        for k, args in jobs.items():
+            Path(args[-1].removeprefix("out="), "wall_s.txt").write_text(f"{walls[k]:.1f}\n")
 
     def common(c: str, url: str) -> list[str]:
         return ["eval", "run", "--config", cfg, f"url={url}", f"corpus={c}", "split=test", "concurrency=8", *limit]
 
-    with server(a.model, str(adapter), corpora[0], log) as url:
-        jobs = {}
-        for c in corpora:
-            # `f1` is the plain schema's (comparable with every figure recorded before grounded decoding became the
-            # default); the default, grounded ordered decoding, is recorded beside it as `grounded_f1`
-            jobs[(c, "eval_constrained_wall_s")] = [*common(c, url), "served_model=ner", "grounded=false", f"out={runs[c]['ft']}"]
-            jobs[(c, "eval_unconstrained_wall_s")] = [*common(c, url), "served_model=ner", "constrained=false", f"out={runs[c]['free']}"]
-            jobs[(c, "eval_grounded_wall_s")] = [*common(c, url), "served_model=ner", "grounded=ordered", f"out={runs[c]['grounded']}"]
-        run_jobs(jobs)
+    jobs = {}
+    for c in corpora:
+        # `f1` is the plain schema's (comparable with every figure recorded before grounded decoding became the
+        # default); the default, grounded ordered decoding, is recorded beside it as `grounded_f1`
+        jobs[(c, "eval_constrained_wall_s")] = (["served_model=ner", "grounded=false"], runs[c]["ft"])
+        jobs[(c, "eval_unconstrained_wall_s")] = (["served_model=ner", "constrained=false"], runs[c]["free"])
+        jobs[(c, "eval_grounded_wall_s")] = (["served_model=ner", "grounded=ordered"], runs[c]["grounded"])
+    if pending(jobs):
+        with server(a.model, str(adapter), corpora[0], log) as url:
+            run_jobs(jobs, url)
     if not a.skip_zero_shot:
-        with server(a.model, None, corpora[0], log) as url:
-            run_jobs({(c, "eval_zero_shot_wall_s"): [*common(c, url), "served_model=base", "grounded=false", f"out={runs[c]['zs']}"] for c in corpora})
+        jobs = pending({(c, "eval_zero_shot_wall_s"): (["served_model=base", "grounded=false"], runs[c]["zs"]) for c in corpora})
+        if jobs:
+            with server(a.model, None, corpora[0], log) as url:
+                run_jobs(jobs, url)
     for c in corpora:
         record(a, c, runs[c], manifest, summary, {**timings, **{k: v for (cc, k), v in walls.items() if cc == c}})
     return 0
