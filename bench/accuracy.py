@@ -166,29 +166,35 @@ def main() -> int:
 
 
 def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: dict) -> None:
-    ft, free = summarize(runs["ft"]), summarize(runs["free"])
+    def done(key: str) -> dict | None:
+        return summarize(runs[key]) if runs[key].joinpath("report.json").is_file() else None
+
+    # a run that did not finish (stopped for time) is recorded as missing, never as a score of its first records
+    ft, free = done("ft") or {}, done("free") or {}
+    missing = [label for key, label in (("ft", "plain schema"), ("free", "free decoding"), ("grounded", "grounded")) if not runs[key].joinpath("report.json").is_file()]
     zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
     grounded = summarize(runs["grounded"]) if runs["grounded"].joinpath("report.json").is_file() else None
     ref_name, ref_f1 = PUBLISHED.get(corpus, (None, None))
-    same = _same_raw(runs["ft"], runs["zs"]) if zs else None  # a share near 1 means the adapter did not act
+    same = _same_raw(runs["ft"], runs["zs"]) if zs and ft else None  # a share near 1 means the adapter did not act
     metrics = {
         # every fine-tuned reply equal to the zero-shot reply means the adapter did not act in serving
         "adapter_replies_identical_to_zero_shot": same,
-        "f1": ft["f1"],
-        "unconstrained_f1": free["f1"],
+        "f1": ft.get("f1"),
+        "unconstrained_f1": free.get("f1"),
         # grounded ordered decoding (the product's default): every mention a span of the input, in order
         "grounded_f1": grounded["f1"] if grounded else None,
         "grounded_f1_ci95": grounded["f1_ci95"] if grounded else None,
         "grounded_ungrounded": grounded["ungrounded"] if grounded else None,
         "zero_shot_f1": zs["f1"] if zs else None,
-        "f1_ci95_low": ft["f1_ci95"][0],
-        "f1_ci95_high": ft["f1_ci95"][1],
-        "precision": ft["precision"],
-        "recall": ft["recall"],
-        "unconstrained_parse_rate": free["parse_rate"],
-        "constrained_parse_rate": ft["parse_rate"],
+        "f1_ci95_low": ft["f1_ci95"][0] if ft else None,
+        "f1_ci95_high": ft["f1_ci95"][1] if ft else None,
+        "precision": ft.get("precision"),
+        "recall": ft.get("recall"),
+        "unconstrained_parse_rate": free.get("parse_rate"),
+        "constrained_parse_rate": ft.get("parse_rate"),
         "zero_shot_parse_rate": zs["parse_rate"] if zs else None,
-        "test_records": ft["records"],
+        "test_records": (ft or grounded or {}).get("records"),
+        "runs_not_finished": missing,
         # training examples seen up to this adapter (steps x batch; at most one epoch, so distinct examples)
         "train_examples": summary.get("examples_seen") or manifest.get("train_examples"),
         "train_pairs_available": manifest.get("train_examples"),
