@@ -50,9 +50,9 @@ def compile_costs(plans: list[dict]) -> dict:
 
 def cache_share(preds) -> float:
     """Share of the prompt tokens that the engine read from its prefix cache instead of computing."""
-    preds = list(preds)
-    prompt = sum(p.get("prompt_tokens") or 0 for p in preds)
-    return sum(p.get("cached_prompt_tokens") or 0 for p in preds) / prompt if prompt else 0.0
+    from medner.eval.score import prefix_cache_share
+
+    return prefix_cache_share(preds)
 
 
 def check_cache_fair(shares: dict[str, float], tolerance: float = 0.05) -> None:

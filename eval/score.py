@@ -234,6 +234,14 @@ def _bootstrap(per_rec: np.ndarray, labels: list[str], n: int, seed: int) -> tup
     return ci, type_ci
 
 
+def prefix_cache_share(preds: Iterable[dict]) -> float:
+    """Share of the prompt tokens that the engine read from its prefix cache instead of computing (0 when the
+    backend does not report it)."""
+    preds = list(preds)
+    prompt = sum(p.get("prompt_tokens") or 0 for p in preds)
+    return sum(p.get("cached_prompt_tokens") or 0 for p in preds) / prompt if prompt else 0.0
+
+
 def throughput(preds: Iterable[dict], wall_s: float | None = None) -> dict | None:
     """records/s, output tokens/s and latency percentiles from predictions that carry them."""
     rows = [p for p in preds if "latency_s" in p]
@@ -243,10 +251,8 @@ def throughput(preds: Iterable[dict], wall_s: float | None = None) -> dict | Non
     toks = sum(p.get("output_tokens", 0) or 0 for p in rows)
     wall = wall_s if wall_s else None
     out = {"records": len(rows), "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)), "output_tokens": int(toks)}
-    cached = [p for p in rows if "cached_prompt_tokens" in p]
-    if cached:  # a speed figure is only comparable with another at a similar share of prompts read from the prefix cache
-        prompt = sum(p.get("prompt_tokens") or 0 for p in cached)
-        out.update(prompt_tokens=int(prompt), prefix_cache_share=sum(p["cached_prompt_tokens"] for p in cached) / prompt if prompt else 0.0)
+    if any("cached_prompt_tokens" in p for p in rows):  # a speed figure is only comparable at a similar cache share
+        out.update(prompt_tokens=int(sum(p.get("prompt_tokens") or 0 for p in rows)), prefix_cache_share=prefix_cache_share(rows))
     if wall:
         out.update(wall_s=wall, records_per_s=len(rows) / wall, output_tokens_per_s=toks / wall)
     return out
