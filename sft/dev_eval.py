@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 DEV_MAX_MODEL_LEN = 8192  # as eval's default max_model_len: the same plans as `medner eval run backend=hf`
 
 
+def _all_empty(records: list[dict], preds: dict[str, dict]) -> bool:
+    """Every reply parsed and empty while the gold has mentions (unparsed replies have their own alarm)."""
+    gold = sum(len(r["entities"]) for r in records)
+    return gold > 0 and all(preds[r["id"]]["status"] == "ok" and not preds[r["id"]]["entities"] and not preds[r["id"]]["dropped"] for r in records)
+
+
 class DevEvalCallback(TrainerCallback):
     def __init__(self, dev_records: dict[str, list[dict]], tokenizer, corpora: dict, out: Path, cfg, clock=None):
         self.records = dev_records  # corpus name -> dev records
@@ -81,6 +87,7 @@ class DevEvalCallback(TrainerCallback):
         preds: dict[str, dict] = {}
         gold: list[dict] = []
         per_corpus: dict[str, float] = {}
+        empty_corpora: list[str] = []
         with (step_dir / "predictions.jsonl").open("w", encoding="utf-8") as fh:
 
             def write(res: dict) -> None:
@@ -94,6 +101,8 @@ class DevEvalCallback(TrainerCallback):
                 gold += records
                 if len(self.records) > 1:
                     per_corpus[name] = score(records, {r["id"]: preds[r["id"]] for r in records}, bootstrap=0)["seqeval"]["micro"]["f1"]
+                    if _all_empty(records, preds):
+                        empty_corpora.append(name)
         report = score(gold, preds, bootstrap=0)
         micro = report["seqeval"]["micro"]
         n = len(gold)
@@ -111,11 +120,13 @@ class DevEvalCallback(TrainerCallback):
             "dev_predicted_mentions": predicted,
             "dev_gold_mentions": gold_mentions,
             # parsed and empty, every one (unparsed replies have their own alarm, not this one)
-            "dev_all_empty": gold_mentions > 0 and all(v["status"] == "ok" and not v["entities"] and not v["dropped"] for v in preds.values()),
+            "dev_all_empty": _all_empty(gold, preds),
             "dev_examples": n,
         }
         if per_corpus:
             row["dev_f1_by_corpus"] = per_corpus
+            # a mixture can fail on one corpus while the other keeps the overall figures up
+            row["dev_all_empty_corpora"] = empty_corpora
         self.history.append(row)
         state.log_history.append({"step": state.global_step, "dev_f1": row["dev_f1"], "dev_parse_rate": row["dev_parse_rate"]})
         log.info("dev @ step %d: strict F1 %.4f (P %.3f R %.3f), parsed %d/%d, truncated %d, %d mentions predicted / %d gold",
@@ -135,6 +146,8 @@ class DevEvalCallback(TrainerCallback):
             out.append(f"step {row['step']}: only {row['dev_parse_rate']:.0%} of dev replies parse as schema-valid JSON")
         if row.get("dev_all_empty"):
             out.append(f"step {row['step']}: every dev reply is empty although the dev subset has mentions (the model predicts no entities)")
+        elif row.get("dev_all_empty_corpora"):
+            out.append(f"step {row['step']}: every dev reply for {', '.join(row['dev_all_empty_corpora'])} is empty although its dev subset has mentions")
         if self.best_f1 and self.best_f1 > 0.2 and row["dev_f1"] < 0.5 * self.best_f1:
             out.append(f"step {row['step']}: dev F1 collapsed to {row['dev_f1']:.3f} from a best of {self.best_f1:.3f}")
         return out

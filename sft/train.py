@@ -156,6 +156,19 @@ def build_datasets(cfg: SFTSettings):
     return train, dev, manifest
 
 
+def _length_grouped(trainer_cls, group_size: int, seed: int):
+    """``trainer_cls`` drawing its training order from ``ShuffledLengthGroupedSampler``: one optimizer step's
+    examples (all processes, all accumulation micro-batches) are of similar length, the steps in random order."""
+    from sft.sampling import ShuffledLengthGroupedSampler
+
+    class LengthGroupedTrainer(trainer_cls):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return ShuffledLengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], group_size, seed)
+
+    return LengthGroupedTrainer
+
+
 def check_lengths(pairs: list[dict], tokenizer, max_length: int) -> tuple[int, float]:
     """Longest and mean tokenized example; raises if any exceeds ``max_length`` (nothing is truncated silently)."""
     longest, worst, total = 0, None, 0
@@ -322,7 +335,8 @@ def train(cfg: SFTSettings) -> Path:
         max_length=None if cfg.padding_free else cfg.max_length,
         packing=cfg.packing,
         padding_free=cfg.padding_free,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        # length grouping is ours (sft/sampling.py): transformers' keeps each stretch sorted long to short
+        train_sampling_strategy="random",
         completion_only_loss=True,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
@@ -370,7 +384,8 @@ def train(cfg: SFTSettings) -> Path:
     callbacks = [clock, dev_cb]
     if cfg.curve_examples:
         callbacks.insert(1, Snapshots(cfg.curve_examples, examples_per_step, out, clock, write_meta))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks)
+    trainer_cls = _length_grouped(SFTTrainer, examples_per_step, cfg.seed) if cfg.group_by_length else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks)
     dev_cb.trainer = trainer
     resume = latest_checkpoint(out)
     if resume:
