@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,8 +69,11 @@ def main() -> int:
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
     ap.add_argument("--record-only", action="store_true", help="record from the eval run folders already in --run-dir")
+    ap.add_argument("--variant", help="a name for this training variant: results go to <corpus>[-mixture]-<variant>-accuracy.json, "
+                                       "beside the main result rather than over it")
     ap.add_argument("--training-note", default="", help="how the --adapter was trained (goes into the result)")
     a = ap.parse_args()
+    result_name(a.corpus, False, a.variant)  # a bad --variant fails now, not after the evaluation
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / f"{a.corpus}.log"
@@ -165,6 +169,13 @@ def main() -> int:
     return 0
 
 
+def result_name(corpus: str, mixture: bool, variant: str | None = None) -> str:
+    """``<corpus>-accuracy``, ``<corpus>-mixture-accuracy``, with ``-<variant>`` before ``-accuracy`` when named."""
+    if variant is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", variant):
+        raise SystemExit(f"--variant: lower-case letters, digits and '-' only, not {variant!r}")
+    return "-".join([corpus, *(["mixture"] if mixture else []), *([variant] if variant else []), "accuracy"])
+
+
 def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: dict) -> None:
     def done(key: str) -> dict | None:
         return summarize(runs[key]) if runs[key].joinpath("report.json").is_file() else None
@@ -205,18 +216,17 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
     }
     metrics.update({k: v for k, v in timings.items()})
     metrics["prompt_version"] = summary.get("prompt_version")
-    mixture = len(summary.get("trained_on") or []) > 1
+    name = result_name(corpus, len(summary.get("trained_on") or []) > 1, a.variant)
     write_result(
-        f"{corpus}-mixture-accuracy" if mixture else f"{corpus}-accuracy", metrics,
+        name, metrics,
         command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus}" + (" --from-curve" if a.from_curve else (f" --adapter {a.adapter}" if a.adapter else f" --train-examples {a.train_examples} --epochs {a.epochs}"))
-                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else ""),
+                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else "") + (f" --variant {a.variant}" if a.variant else ""),
         notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU, prompt {summary.get('prompt_version')}), "
               f"{metrics['train_examples']} training examples of {', '.join(summary.get('trained_on') or [])} in {summary.get('steps')} steps and {summary.get('train_wall_s') or 0:.0f} s of training; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
               f"(greedy; `f1` under the plain answer schema, `grounded_f1` under grounded ordered decoding; the constrained, grounded and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
         extra={"details": {"constrained": ft, "unconstrained": free, "grounded": grounded, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
     )
     # the human-readable report of each run beside the figures (per-type table, failures, error analysis)
-    name = f"{corpus}-mixture-accuracy" if mixture else f"{corpus}-accuracy"
     reports = ROOT / "bench/results/reports"
     reports.mkdir(parents=True, exist_ok=True)
     for key, label in (("ft", "constrained"), ("free", "unconstrained"), ("grounded", "grounded"), ("zs", "zero-shot")):

@@ -27,3 +27,15 @@ def test_curve_plot_is_written(tmp_path):
     out = tmp_path / "curve.png"
     plot(rows, "ncbi-disease", out, "title")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_accuracy_result_names_keep_variants_beside_the_main_result():
+    import pytest
+
+    from bench.accuracy import result_name
+
+    assert result_name("ncbi-disease", False) == "ncbi-disease-accuracy"  # the name ../shared/checks/accuracy reads
+    assert result_name("cmedqaner", True) == "cmedqaner-mixture-accuracy"
+    assert result_name("cmedqaner", True, "shuffled-groups") == "cmedqaner-mixture-shuffled-groups-accuracy"
+    with pytest.raises(SystemExit, match="--variant"):
+        result_name("cmedqaner", True, "../x")
