@@ -69,11 +69,16 @@ def main() -> int:
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
     ap.add_argument("--record-only", action="store_true", help="record from the eval run folders already in --run-dir")
+    ap.add_argument("--runs", default="plain,free,grounded", help="which fine-tuned runs (comma-separated): plain (the plain schema, "
+                    "`f1`), free (unconstrained), grounded (the default decoding, `grounded_f1`)")
     ap.add_argument("--variant", help="a name for this training variant: results go to <corpus>[-mixture]-<variant>-accuracy.json, "
                                        "beside the main result rather than over it")
     ap.add_argument("--training-note", default="", help="how the --adapter was trained (goes into the result)")
     a = ap.parse_args()
-    result_name(a.corpus, False, a.variant)  # a bad --variant fails now, not after the evaluation
+    result_name(a.corpus, False, a.variant)  # a bad --variant or --runs fails now, not after the evaluation
+    a.runs = a.runs.split(",")
+    if not a.runs or set(a.runs) - set(RUN_KEYS):
+        raise SystemExit(f"--runs: a comma-separated choice of {', '.join(RUN_KEYS)}, not {','.join(a.runs)!r}")
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / f"{a.corpus}.log"
@@ -153,9 +158,9 @@ def main() -> int:
     for c in corpora:
         # `f1` is the plain schema's (comparable with every figure recorded before grounded decoding became the
         # default); the default, grounded ordered decoding, is recorded beside it as `grounded_f1`
-        jobs[(c, "eval_constrained_wall_s")] = (["served_model=ner", "grounded=false"], runs[c]["ft"])
-        jobs[(c, "eval_unconstrained_wall_s")] = (["served_model=ner", "constrained=false"], runs[c]["free"])
-        jobs[(c, "eval_grounded_wall_s")] = (["served_model=ner", "grounded=ordered"], runs[c]["grounded"])
+        for name in a.runs:
+            key, wall_key, extra = RUN_KEYS[name]
+            jobs[(c, wall_key)] = (["served_model=ner", extra], runs[c][key])
     if pending(jobs):
         with server(a.model, str(adapter), corpora[0], log) as url:
             run_jobs(jobs, url)
@@ -167,6 +172,14 @@ def main() -> int:
     for c in corpora:
         record(a, c, runs[c], manifest, summary, {**timings, **{k: v for (cc, k), v in walls.items() if cc == c}})
     return 0
+
+
+# --runs name -> (run folder key, wall-time metric, eval override)
+RUN_KEYS = {
+    "plain": ("ft", "eval_constrained_wall_s", "grounded=false"),
+    "free": ("free", "eval_unconstrained_wall_s", "constrained=false"),
+    "grounded": ("grounded", "eval_grounded_wall_s", "grounded=ordered"),
+}
 
 
 def result_name(corpus: str, mixture: bool, variant: str | None = None) -> str:
@@ -182,7 +195,7 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
 
     # a run that did not finish (stopped for time) is recorded as missing, never as a score of its first records
     ft, free = done("ft") or {}, done("free") or {}
-    missing = [label for key, label in (("ft", "plain schema"), ("free", "free decoding"), ("grounded", "grounded")) if not runs[key].joinpath("report.json").is_file()]
+    missing = [name for name in a.runs if not runs[RUN_KEYS[name][0]].joinpath("report.json").is_file()]
     zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
     grounded = summarize(runs["grounded"]) if runs["grounded"].joinpath("report.json").is_file() else None
     ref_name, ref_f1 = PUBLISHED.get(corpus, (None, None))
@@ -206,6 +219,7 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
         "zero_shot_parse_rate": zs["parse_rate"] if zs else None,
         "test_records": (ft or grounded or {}).get("records"),
         "runs_not_finished": missing,
+        "runs_asked": a.runs,
         # training examples seen up to this adapter (steps x batch; at most one epoch, so distinct examples)
         "train_examples": summary.get("examples_seen") or manifest.get("train_examples"),
         "train_pairs_available": manifest.get("train_examples"),
@@ -220,7 +234,7 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
     write_result(
         name, metrics,
         command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus}" + (" --from-curve" if a.from_curve else (f" --adapter {a.adapter}" if a.adapter else f" --train-examples {a.train_examples} --epochs {a.epochs}"))
-                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else "") + (f" --variant {a.variant}" if a.variant else ""),
+                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else "") + (f" --variant {a.variant}" if a.variant else "") + (f" --runs {','.join(a.runs)}" if a.runs != ["plain", "free", "grounded"] else ""),
         notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU, prompt {summary.get('prompt_version')}), "
               f"{metrics['train_examples']} training examples of {', '.join(summary.get('trained_on') or [])} in {summary.get('steps')} steps and {summary.get('train_wall_s') or 0:.0f} s of training; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
               f"(greedy; `f1` under the plain answer schema, `grounded_f1` under grounded ordered decoding; the constrained, grounded and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",

@@ -39,3 +39,17 @@ def test_accuracy_result_names_keep_variants_beside_the_main_result():
     assert result_name("cmedqaner", True, "shuffled-groups") == "cmedqaner-mixture-shuffled-groups-accuracy"
     with pytest.raises(SystemExit, match="--variant"):
         result_name("cmedqaner", True, "../x")
+
+
+def test_accuracy_refuses_bad_runs_and_variants_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for args, fragment in ((["--runs", "plain,bogus"], "--runs: a comma-separated choice of plain, free, grounded"),
+                           (["--variant", "A B"], "--variant: lower-case letters")):
+        proc = subprocess.run([sys.executable, "-m", "bench.accuracy", "--model", "no-such-model", "--run-dir", str(tmp_path), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and fragment in proc.stderr, proc.stderr
+        assert not any(tmp_path.iterdir())  # nothing started
