@@ -159,7 +159,7 @@ def build_datasets(cfg: SFTSettings):
 def _length_grouped(trainer_cls, group_size: int, seed: int):
     """``trainer_cls`` drawing its training order from ``ShuffledLengthGroupedSampler``: one optimizer step's
     examples (all processes, all accumulation micro-batches) are of similar length, the steps in random order."""
-    from sft.sampling import ShuffledLengthGroupedSampler
+    from medner.sft.sampling import ShuffledLengthGroupedSampler
 
     class LengthGroupedTrainer(trainer_cls):
         def _get_train_sampler(self, train_dataset=None):

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from sft.dev_eval import DevEvalCallback, _all_empty
+from medner.sft.dev_eval import DevEvalCallback, _all_empty
 
 
 def _rec(i, n_mentions):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from sft.sampling import ShuffledLengthGroupedSampler, shuffled_length_groups
+from medner.sft.sampling import ShuffledLengthGroupedSampler, shuffled_length_groups
 
 
 def _groups(order, size):
@@ -97,7 +97,7 @@ def test_sft_trainer_draws_its_batches_from_the_shuffled_groups(tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sft.train import _length_grouped
+    from medner.sft.train import _length_grouped
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rng = random.Random(0)

@@ -54,7 +54,8 @@ def test_adapter_loads_in_transformers_and_generates(tiny_run, tiny_model):
 def test_resume_after_sigkill_continues_the_step_counter(tiny_model, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "medner.cli", "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"),
-           f"model={tiny_model}", f"output_dir={out}", "max_steps=8", "save_steps=2", "dev_examples=2", "curve_examples=[8,24]"]
+           f"model={tiny_model}", f"output_dir={out}", "max_steps=8", "save_steps=2", "dev_examples=2", "curve_examples=[8,24]",
+           "group_by_length=true"]  # the shuffled length-grouped order must resume where it stopped too
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     try:
