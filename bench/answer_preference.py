@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-EMPTY_ANSWER = '{"entities":[]}'
+from medner.sft.train import EMPTY_ANSWER  # the training data's empty answer, byte for byte
 
 
 def p_open_list(model, tokenizer, prompt: list[dict], gold: str) -> float:
