@@ -69,7 +69,7 @@ def main() -> int:
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
     ap.add_argument("--record-only", action="store_true", help="record from the eval run folders already in --run-dir")
-    ap.add_argument("--runs", default="plain,free,grounded", help="which fine-tuned runs (comma-separated): plain (the plain schema, "
+    ap.add_argument("--runs", default=",".join(RUN_KEYS), help="which fine-tuned runs (comma-separated): plain (the plain schema, "
                     "`f1`), free (unconstrained), grounded (the default decoding, `grounded_f1`)")
     ap.add_argument("--variant", help="a name for this training variant: results go to <corpus>[-mixture]-<variant>-accuracy.json, "
                                        "beside the main result rather than over it")
@@ -194,10 +194,8 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
         return summarize(runs[key]) if runs[key].joinpath("report.json").is_file() else None
 
     # a run that did not finish (stopped for time) is recorded as missing, never as a score of its first records
-    ft, free = done("ft") or {}, done("free") or {}
-    missing = [name for name in a.runs if not runs[RUN_KEYS[name][0]].joinpath("report.json").is_file()]
-    zs = summarize(runs["zs"]) if runs["zs"].joinpath("report.json").is_file() else None
-    grounded = summarize(runs["grounded"]) if runs["grounded"].joinpath("report.json").is_file() else None
+    ft, free, grounded, zs = done("ft") or {}, done("free") or {}, done("grounded"), done("zs")
+    missing = [name for name in a.runs if not {"ft": ft, "free": free, "grounded": grounded}[RUN_KEYS[name][0]]]
     ref_name, ref_f1 = PUBLISHED.get(corpus, (None, None))
     same = _same_raw(runs["ft"], runs["zs"]) if zs and ft else None  # a share near 1 means the adapter did not act
     metrics = {
@@ -234,7 +232,7 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
     write_result(
         name, metrics,
         command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus}" + (" --from-curve" if a.from_curve else (f" --adapter {a.adapter}" if a.adapter else f" --train-examples {a.train_examples} --epochs {a.epochs}"))
-                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else "") + (f" --variant {a.variant}" if a.variant else "") + (f" --runs {','.join(a.runs)}" if a.runs != ["plain", "free", "grounded"] else ""),
+                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else "") + (f" --variant {a.variant}" if a.variant else "") + (f" --runs {','.join(a.runs)}" if a.runs != list(RUN_KEYS) else ""),
         notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU, prompt {summary.get('prompt_version')}), "
               f"{metrics['train_examples']} training examples of {', '.join(summary.get('trained_on') or [])} in {summary.get('steps')} steps and {summary.get('train_wall_s') or 0:.0f} s of training; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
               f"(greedy; `f1` under the plain answer schema, `grounded_f1` under grounded ordered decoding; the constrained, grounded and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
