@@ -15,7 +15,9 @@ Either way the prompts, schema, windows, parsing and grounding are medner's own 
 :mod:`medner.prompts.contract`), so a result is the one ``medner extract`` gives for the same text. Each shard's results are
 written to ``OUT_DIR/part-NNNNN.jsonl`` (atomically: a ``.tmp`` renamed when complete), in input order with
 the input's ids (``<file name>:<line>`` where a line has none). A rerun with the same input and ``--out``
-runs only the shards whose part file is missing; another input in the same ``--out`` is refused.
+runs only the shards whose part file is missing; another input in the same ``--out`` is refused. A shard
+that fails (its endpoints still down after ``ATTEMPTS`` tries each, an engine error) does not stop the others:
+the run finishes them, then names each failed shard with its first input line and exits non-zero.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_shards.json"
+ATTEMPTS = 3  # per endpoint and shard, before the shard moves on to the next endpoint
+RETRY_WAIT_S = 2.0  # times the attempt number
 
 
 class RayExtractError(ValueError):
@@ -132,6 +137,12 @@ def shown(res: dict, raw: bool = False) -> dict:
     return out
 
 
+def _shard_failed(shard: dict, error: Exception) -> str:
+    """A shard's failure as the actor's answer: the other shards keep running, :func:`run` reports it."""
+    log.warning("shard %d failed: %s", shard["index"], error)
+    return json.dumps({"index": shard["index"], "records": 0, "failed": 0, "error": f"{type(error).__name__}: {error}"})
+
+
 class ServerShardWorker:
     """A Ray Data actor that extracts whole shards through a pool of ``medner serve`` endpoints."""
 
@@ -142,25 +153,36 @@ class ServerShardWorker:
         self.clients = [ExtractClient(u, model, api_key=api_key, concurrency=concurrency, window_tokens=window_tokens, grounded=grounded) for u in urls]
         self.task_args, self.out_dir, self.path, self.raw = task_args, Path(out_dir), path, raw
 
-    def __call__(self, batch: dict) -> dict:
-        from medner.serve.client import ServerError
+    def _extract(self, shard: dict, items: list[dict]) -> list[dict]:
+        """The shard's own endpoint first, then the others; each tried ``ATTEMPTS`` times (a busy server can
+        drop a connection) before it counts as down. A model the server does not serve is not retried."""
+        from medner.serve.client import ServerError, UnknownModel
 
-        done = []
-        for shard in (json.loads(s) for s in batch["shard"]):
-            items = read_shard(self.path, shard)
-            last = None
-            for k in range(len(self.clients)):  # the shard's own endpoint first, then the others
-                client = self.clients[(shard["index"] + k) % len(self.clients)]
+        last: Exception | None = None
+        for k in range(len(self.clients)):
+            client = self.clients[(shard["index"] + k) % len(self.clients)]
+            for attempt in range(1, ATTEMPTS + 1):
                 try:
                     client.check_server()
                     task = make_task(self.task_args, client.task_version(None))
-                    results = client.extract(items, task)
-                    break
+                    return client.extract(items, task)
+                except UnknownModel:
+                    raise
                 except ServerError as e:
                     last = e
-                    log.warning("shard %d: %s; trying the next endpoint", shard["index"], e)
-            else:
-                raise RayExtractError(f"shard {shard['index']}: no endpoint answered ({last})")
+                    log.warning("shard %d: %s (attempt %d of %d at %s)", shard["index"], e, attempt, ATTEMPTS, client.url)
+                    if attempt < ATTEMPTS:
+                        time.sleep(RETRY_WAIT_S * attempt)
+        raise RayExtractError(f"no endpoint answered ({last})")
+
+    def __call__(self, batch: dict) -> dict:
+        done = []
+        for shard in (json.loads(s) for s in batch["shard"]):
+            try:
+                results = self._extract(shard, read_shard(self.path, shard))
+            except Exception as e:  # noqa: BLE001 - reported with the shard; the other shards go on
+                done.append(_shard_failed(shard, e))
+                continue
             write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in results])
             done.append(json.dumps({"index": shard["index"], "records": len(results), "failed": sum(r["status"] != "ok" for r in results)}))
         return {"done": done}
@@ -180,6 +202,7 @@ class EngineShardWorker:
         self.task = make_task(task_args, version)
         self.backend = VLLMBackend(model_dir, adapter, "auto", 8192, batch_size)
         self.out_dir, self.path, self.window_tokens, self.grounded, self.raw = Path(out_dir), path, window_tokens, grounded, raw
+        self.warm = False
 
     def __call__(self, batch: dict) -> dict:
         from medner.data.ground import simple_token_offsets
@@ -187,11 +210,16 @@ class EngineShardWorker:
 
         done = []
         for shard in (json.loads(s) for s in batch["shard"]):
-            items = read_shard(self.path, shard)
-            records = [{"id": it["id"], "text": it["text"], "token_offsets": it.get("token_offsets") or simple_token_offsets(it["text"], self.task.lang)}
-                       for it in items]
-            rows: list[dict] = []
-            predict(self.backend, records, self.task, rows.append, self.window_tokens, True, None, warm_up=not done, grounded=self.grounded)
+            try:
+                items = read_shard(self.path, shard)
+                records = [{"id": it["id"], "text": it["text"], "token_offsets": it.get("token_offsets") or simple_token_offsets(it["text"], self.task.lang)}
+                           for it in items]
+                rows: list[dict] = []
+                predict(self.backend, records, self.task, rows.append, self.window_tokens, True, None, warm_up=not self.warm, grounded=self.grounded)
+                self.warm = True
+            except Exception as e:  # noqa: BLE001 - reported with the shard; the other shards go on
+                done.append(_shard_failed(shard, e))
+                continue
             write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in rows])
             done.append(json.dumps({"index": shard["index"], "records": len(rows), "failed": sum(r["status"] != "ok" for r in rows)}))
         return {"done": done}
@@ -235,8 +263,19 @@ def run(path: str, out_dir: str, task_args: dict, urls: Sequence[str] | None = N
             ds = ds.map_batches(EngineShardWorker, batch_size=1, concurrency=n, num_cpus=1,
                                 fn_constructor_kwargs={"base_model": base_model, "adapter": adapter, "task_args": task_args, "out_dir": str(out),
                                                        "path": path, "window_tokens": window_tokens, "grounded": grounded, "raw": raw})
+        lost = []
         for row in ds.take_all():
-            summary["failed"] += json.loads(row["done"])["failed"]
+            done = json.loads(row["done"])
+            summary["failed"] += done["failed"]
+            if "error" in done:
+                lost.append(done)
+        if lost:
+            written = len(plan["shards"]) - sum(not part_path(out, s["index"]).is_file() for s in plan["shards"])
+            shards = {s["index"]: s for s in plan["shards"]}
+            lines = "; ".join(f"shard {d['index']} (input line {shards[d['index']]['first_line']} on, {shards[d['index']]['records']} records): {d['error']}"
+                              for d in sorted(lost, key=lambda d: d["index"]))
+            raise RayExtractError(f"{len(lost)} of {len(todo)} shard(s) failed, {written} of {len(plan['shards'])} written to {out}: {lines}; "
+                                  "rerun the same command to run only the missing ones")
     got = sum(1 for s in plan["shards"] for line in part_path(out, s["index"]).open(encoding="utf-8") if line.strip())
     if got != plan["records"]:
         raise RayExtractError(f"{out}: {got} results for {plan['records']} input records; rerun the same command to complete it")
