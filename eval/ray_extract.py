@@ -155,7 +155,7 @@ class ServerShardWorker:
 
     def _extract(self, shard: dict, items: list[dict]) -> list[dict]:
         """The shard's own endpoint first, then the others; each tried ``ATTEMPTS`` times (a busy server can
-        drop a connection) before it counts as down. A model the server does not serve is not retried."""
+        drop a connection) before it counts as down; an endpoint that does not serve the model is not retried."""
         from medner.serve.client import ServerError, UnknownModel
 
         last: Exception | None = None
@@ -166,8 +166,10 @@ class ServerShardWorker:
                     client.check_server()
                     task = make_task(self.task_args, client.task_version(None))
                     return client.extract(items, task)
-                except UnknownModel:
-                    raise
+                except UnknownModel as e:  # this endpoint serves another model: on to the next one
+                    last = e
+                    log.warning("shard %d: %s", shard["index"], e)
+                    break
                 except ServerError as e:
                     last = e
                     log.warning("shard %d: %s (attempt %d of %d at %s)", shard["index"], e, attempt, ATTEMPTS, client.url)
