@@ -272,7 +272,7 @@ def run(path: str, out_dir: str, task_args: dict, urls: Sequence[str] | None = N
             if "error" in done:
                 lost.append(done)
         if lost:
-            written = len(plan["shards"]) - sum(not part_path(out, s["index"]).is_file() for s in plan["shards"])
+            written = sum(part_path(out, s["index"]).is_file() for s in plan["shards"])
             shards = {s["index"]: s for s in plan["shards"]}
             lines = "; ".join(f"shard {d['index']} (input line {shards[d['index']]['first_line']} on, {shards[d['index']]['records']} records): {d['error']}"
                               for d in sorted(lost, key=lambda d: d["index"]))
