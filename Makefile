@@ -81,18 +81,18 @@ bench-eval-speed: $(STAMP)
 
 # learning curve on the training split (resumable, <= 3 h of training each), the best adapter on the full test
 # split through the server (plain schema, grounded, free, zero-shot), then one adapter on the mixture of both corpora.
-# cMedQANER's long examples need batch 4 x 2 in 24 GiB (the CPU config's batch of 8 was killed for memory); its
-# curve ran length-grouped; the mixture too: at equal training time grouped steps (less padding, more examples)
-# scored higher on both corpora than random batches (BENCHMARKS.md, mixture)
+# cMedQANER's long examples need batch 4 x 2 in 24 GiB (the CPU config's batch of 8 was killed for memory), and
+# length-grouped steps (in random order, sft/sampling.py) keep their padding down; on the mixture, at equal training
+# time, grouped steps (less padding, more examples) scored higher on both corpora than random batches (BENCHMARKS.md)
 BUDGET_S ?= 10800
-LONG_TEXT_SFT = --sft-override batch_size=4 --sft-override grad_accum=2
+LONG_TEXT_SFT = --sft-override batch_size=4 --sft-override grad_accum=2 --sft-override group_by_length=true
 bench-accuracy: $(STAMP)
 	@test -n "$(model)" || { echo "usage: make bench-accuracy model=PATH (a local model folder or .gguf)"; exit 2; }
 	$(BIN)/python -m bench.learning_curve --model $(model) --corpus ncbi-disease --budget-s $(BUDGET_S) $(ARGS)
 	$(BIN)/python -m bench.accuracy --model $(model) --corpus ncbi-disease --from-curve
-	$(BIN)/python -m bench.learning_curve --model $(model) --corpus cmedqaner --epochs 2.0 --budget-s $(BUDGET_S) $(LONG_TEXT_SFT) --sft-override group_by_length=true $(ARGS)
+	$(BIN)/python -m bench.learning_curve --model $(model) --corpus cmedqaner --epochs 2.0 --budget-s $(BUDGET_S) $(LONG_TEXT_SFT) $(ARGS)
 	$(BIN)/python -m bench.accuracy --model $(model) --corpus cmedqaner --from-curve
-	$(BIN)/python -m bench.learning_curve --model $(model) --corpus ncbi-disease,cmedqaner --train-corpora ncbi-disease,cmedqaner --budget-s $(BUDGET_S) $(LONG_TEXT_SFT) --sft-override group_by_length=true $(ARGS)
+	$(BIN)/python -m bench.learning_curve --model $(model) --corpus ncbi-disease,cmedqaner --train-corpora ncbi-disease,cmedqaner --budget-s $(BUDGET_S) $(LONG_TEXT_SFT) $(ARGS)
 	$(BIN)/python -m bench.accuracy --model $(model) --corpus ncbi-disease,cmedqaner --adapter runs/bench/curve-ncbi-disease+cmedqaner/adapter
 
 clean:
