@@ -21,6 +21,12 @@ class Label:
     name: str  # the corpus's own label, used verbatim in answers, schemas and reports
     display: str  # shown in prompts
     description: str
+    # words users write for the type, per language ({"en": (...), "zh": (...)}); answers keep ``name``
+    synonyms: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def words(self, lang: str) -> tuple[str, ...]:
+        """The type's everyday words in ``lang`` (first: the usual one); the display name when none are given."""
+        return dict(self.synonyms).get(lang) or (self.display,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +89,11 @@ def load_registry(path: str | Path | None = None) -> dict[str, Corpus]:
         labels = []
         for lab, spec in entry["labels"].items():
             spec = spec or {}
-            labels.append(Label(str(lab), str(spec.get("display", lab)), str(spec.get("description", ""))))
+            syn = spec.get("synonyms") or {}
+            if not isinstance(syn, dict) or any(k not in ("en", "zh") or not isinstance(v, list) for k, v in syn.items()):
+                raise RegistryError(f"{where}: label {lab!r}: synonyms must map en/zh to lists of words")
+            synonyms = tuple((k, tuple(str(w) for w in v)) for k, v in sorted(syn.items()))
+            labels.append(Label(str(lab), str(spec.get("display", lab)), str(spec.get("description", "")), synonyms))
         notice = (base / entry["notice"]).resolve() if entry.get("notice") else None
         out[name] = Corpus(name, entry["lang"], scheme, files, tuple(labels), notice, fmt)
     return out

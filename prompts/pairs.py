@@ -9,12 +9,14 @@ label set's schema before it is written.
 from __future__ import annotations
 
 import json
+import random
 from typing import Callable, Iterable, Iterator
 
 import jsonschema
 
 from medner.data.registry import Corpus
 from medner.data.windows import entities_in_window, make_windows
+from medner.prompts.instructions import chat_pair
 from medner.prompts.render import PROMPT_VERSION, build_messages
 from medner.prompts.schema import answer_json, answer_schema
 
@@ -27,7 +29,11 @@ def record_to_pairs(
     count: Callable[[str], int],
     max_window_tokens: int = DEFAULT_WINDOW_TOKENS,
     prompt_version: str = PROMPT_VERSION,
+    rng: random.Random | None = None,
+    mix: dict[str, float] | None = None,
 ) -> list[dict]:
+    """Training pairs of one record, one per window; with ``rng``, each in a chat style drawn from ``mix``
+    (prompts/instructions.py), else the canonical prompt."""
     text = record["text"]
     windows = make_windows(text, record["token_offsets"], corpus.lang, count, max_window_tokens, record["entities"])
     validator = jsonschema.Draft202012Validator(answer_schema(corpus.label_names))
@@ -38,15 +44,16 @@ def record_to_pairs(
         errors = list(validator.iter_errors(json.loads(answer)))
         if errors:
             raise ValueError(f"record {record['id']}: training answer violates the schema: {errors[0].message}")
-        pairs.append(
-            {
-                "id": f"{record['id']}#{k}",
-                "record_id": record["id"],
-                "window": [s, e],
-                "prompt": build_messages(text[s:e], corpus.labels, corpus.lang, prompt_version),
-                "completion": [{"role": "assistant", "content": answer}],
-            }
-        )
+        pair = {
+            "id": f"{record['id']}#{k}",
+            "record_id": record["id"],
+            "window": [s, e],
+            "prompt": build_messages(text[s:e], corpus.labels, corpus.lang, prompt_version),
+            "completion": [{"role": "assistant", "content": answer}],
+        }
+        if rng is not None:
+            pair = chat_pair(pair, text[s:e], ents, corpus, rng, mix, prompt_version=prompt_version)
+        pairs.append(pair)
     return pairs
 
 

@@ -44,6 +44,9 @@ class SFTSettings:
     # for fine-tuned models), v1 = descriptive labels and the answer format spelled out (for zero-shot). The run
     # record names it; serve, extract and eval query the adapter with it and refuse another.
     prompt_version: str = "compact-v1"
+    # chat-style instruction data (prompts/instructions.py): style -> weight, e.g. {canonical: 0.3, instruction: 0.2,
+    # subset: 0.2, synonyms: 0.1, descriptions: 0.05, multiturn: 0.15}; null = the canonical prompt only
+    instruction_mix: dict[str, float] | None = None
     # windowing cap in Qwen2.5 tokens for long texts (data stage rule)
     window_tokens: int = 256
     # longest prompt+answer in tokens; a longer training example stops the run (never truncated)
@@ -117,6 +120,8 @@ def build_datasets(cfg: SFTSettings):
 
     count = token_counter()
     train, dev, manifest = [], {}, []
+    mix = check_mix(cfg.instruction_mix)
+    draw = random.Random(f"{cfg.seed}:instructions") if mix else None
     for name in cfg.corpora:
         corpus = get_corpus(name)
         for split in (cfg.train_split, cfg.dev_split):
@@ -127,7 +132,7 @@ def build_datasets(cfg: SFTSettings):
             if split == cfg.train_split:
                 pairs = []
                 for rec in records:
-                    for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens, prompt_version=cfg.prompt_version):
+                    for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens, prompt_version=cfg.prompt_version, rng=draw, mix=mix):
                         p["corpus"] = name
                         pairs.append(p)
                 train.extend(pairs)
@@ -154,6 +159,27 @@ def build_datasets(cfg: SFTSettings):
     if cfg.max_train_examples:
         train = train[: cfg.max_train_examples]
     return train, dev, manifest
+
+
+def check_mix(mix: dict[str, float] | None) -> dict[str, float] | None:
+    """The instruction mix, checked: known styles, non-negative weights, some weight."""
+    from medner.prompts.instructions import STYLES
+
+    if not mix:
+        return None
+    unknown = [k for k in mix if k not in STYLES]
+    if unknown:
+        raise ConfigError(f"instruction_mix: unknown style(s) {unknown}; styles: {', '.join(STYLES)}")
+    if any(not isinstance(v, (int, float)) or v < 0 for v in mix.values()) or not sum(mix.values()):
+        raise ConfigError("instruction_mix: weights must be non-negative numbers, not all zero")
+    return {k: float(v) for k, v in mix.items()}
+
+
+def style_counts(pairs: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.get("style", "canonical")] = counts.get(p.get("style", "canonical"), 0) + 1
+    return counts
 
 
 def _length_grouped(trainer_cls, group_size: int, seed: int):
@@ -184,7 +210,7 @@ def check_lengths(pairs: list[dict], tokenizer, max_length: int) -> tuple[int, f
 
 
 # what a run cannot change and still be resumed: the data, the prompts, the model and the adapter's shape
-RESUME_KEYS = ("model", "corpora", "train_split", "max_train_examples", "max_empty_fraction", "seed", "prompt_version", "window_tokens",
+RESUME_KEYS = ("model", "corpora", "train_split", "max_train_examples", "max_empty_fraction", "seed", "prompt_version", "instruction_mix", "window_tokens",
                "quantization", "lora_r", "lora_alpha", "lora_target_modules", "batch_size", "grad_accum")
 
 
@@ -270,6 +296,7 @@ def train(cfg: SFTSettings) -> Path:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from medner.prompts.instructions import INSTRUCTION_VERSION, load_pool
     from medner.prompts.render import template_hash
     from medner.prompts.schema import schema_hash
     from medner.data.registry import get_corpus
@@ -312,7 +339,8 @@ def train(cfg: SFTSettings) -> Path:
         dev_records = {}  # dev evaluation runs in the main process only
     else:
         (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_records": sum(len(v) for v in dev_records.values()), "longest_example_tokens": longest,
-                                                            "mean_example_tokens": round(mean_tokens, 1), "prompt_version": cfg.prompt_version, "files": manifest}, indent=2) + "\n")
+                                                            "mean_example_tokens": round(mean_tokens, 1), "prompt_version": cfg.prompt_version,
+                                                            "instruction_mix": cfg.instruction_mix, "styles": style_counts(train_pairs), "files": manifest}, indent=2) + "\n")
     log.info("data: %d training pairs (longest %d tokens), %d dev records", len(train_pairs), longest, sum(len(v) for v in dev_records.values()))
     ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["completion"]} for p in train_pairs])
 
@@ -365,7 +393,10 @@ def train(cfg: SFTSettings) -> Path:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "prompt_version": cfg.prompt_version,
             "prompt_template_sha256": template_hash(cfg.prompt_version),
-            "corpora": {n: {"lang": c.lang, "labels": c.label_names, "schema_sha256": schema_hash(c.label_names)} for n, c in corpora.items()},
+            "corpora": {n: {"lang": c.lang, "labels": c.label_names, "schema_sha256": schema_hash(c.label_names),
+                            "synonyms": {lab.name: dict(lab.synonyms) for lab in c.labels}} for n, c in corpora.items()},
+            "instructions": ({"version": INSTRUCTION_VERSION, "pool_sha256": load_pool().sha256, "mix": cfg.instruction_mix,
+                              "styles": style_counts(train_pairs)} if cfg.instruction_mix else None),
             "window_tokens": cfg.window_tokens,
             "base_model": {"source": cfg.model, "path": str(model_dir), "weights_sha256": weights_hash(model_dir), "tokenizer_sha256": tokenizer_hash(model_dir)},
             "training": {"mode": mode, "device": device, "steps": steps, "train_examples": len(train_pairs)},
