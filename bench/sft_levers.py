@@ -57,7 +57,7 @@ def main() -> int:
                    f"corpora=[{a.corpus}]", f"max_steps={a.steps}", f"batch_size={a.batch_size}", "save_steps=100000", "dev_examples=0",
                    f"max_train_examples={a.steps * a.batch_size}", *extra, log=log)
         s = json.loads((out / "summary.json").read_text())
-        examples = s["steps"] * a.batch_size
+        s["steps"] * a.batch_size
         per_step = s.get("step_wall_s") or []
         steady = statistics.median(per_step[1:]) if len(per_step) > 1 else s["train_wall_s"] / s["steps"]
         runs[name] = {"overrides": extra, "steps": s["steps"], "train_wall_s": s["train_wall_s"], "median_step_s": steady,
@@ -66,7 +66,7 @@ def main() -> int:
         metrics[f"{name}_examples_per_min"] = runs[name]["examples_per_min"]
     if "descriptive_prompt" in runs:
         base = runs["descriptive_prompt"]["examples_per_min"]
-        for name, r in runs.items():
+        for r in runs.values():
             r["speedup_vs_descriptive"] = r["examples_per_min"] / base
     write_result("sft-levers", metrics,
                  command=f"python -m bench.sft_levers --model MODEL --steps {a.steps} --corpus {a.corpus}",

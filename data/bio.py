@@ -23,8 +23,8 @@ All are normalized to spans ``(start_token, end_token_exclusive, label)``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 SCHEMES = ("iob2", "iob1", "bioes")
 

@@ -23,7 +23,7 @@ token                  rule                                        example
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 NO_SPACE_BEFORE = {".", ",", ";", ":", "?", "!", "%", ")", "]", "}", "+"}
 NO_SPACE_AFTER = {"(", "[", "{"}

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from medner.data.bio import BioError, Problem
 from medner.data.ground import simple_token_offsets

@@ -11,7 +11,7 @@ Raw input (no gold tokens) is tokenized by :func:`simple_token_offsets`.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 _EN_TOKEN = re.compile(r"\w+|[^\w\s]")
 

@@ -7,8 +7,8 @@ and stays stable as long as the source file does. Offsets are character offsets 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from medner.data.bio import BioError, Sentence, read_bio, spans_to_tags, tags_to_spans
 from medner.data.detok import join_tokens

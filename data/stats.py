@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 def record_stats(records: Sequence[dict], count: Callable[[str], int] | None = None) -> dict:

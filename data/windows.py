@@ -17,7 +17,7 @@ The rule
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 EN_ENDERS = {".", "?", "!"}
 ZH_ENDERS = set("。！？；!?;")
@@ -59,7 +59,7 @@ def _pieces(
             cur = end
     # piece k spans from the first char of its first token to the start of the next piece
     bounds = []
-    for k, (a, b) in enumerate(pieces):
+    for k, (a, _b) in enumerate(pieces):
         s = 0 if k == 0 else offsets[a][0]
         e = len(text) if k == len(pieces) - 1 else offsets[pieces[k + 1][0]][0]
         bounds.append((s, e))

@@ -18,8 +18,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from medner.prompts.contract import Plan, Reply, Task, assemble_result, plan_requests
 
@@ -86,7 +87,7 @@ class HFBackend:
         self.chunk_records = batch_size
 
     @classmethod
-    def load(cls, model_dir: Path, adapter: str | None, merge: bool, batch_size: int, max_model_len: int) -> "HFBackend":
+    def load(cls, model_dir: Path, adapter: str | None, merge: bool, batch_size: int, max_model_len: int) -> HFBackend:
         from medner.models import load_causal_lm
 
         model, tok = load_causal_lm(model_dir, adapter, merge=merge)

@@ -5,7 +5,7 @@ relative image), nothing fetched from elsewhere. Without text (``--no-text``), n
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 from medner.eval.report import _pct
 

@@ -193,12 +193,11 @@ def _predict_tokcls(cfg: EvalSettings, corpus, records: list[dict], write) -> fl
 def _predict_ray(cfg: EvalSettings, corpus, records: list[dict], write, out: Path, grounded) -> float:
     """The records through Ray Data (:mod:`medner.eval.ray_extract`): written as JSONL with their gold tokens,
     extracted shard by shard (a rerun completes the missing shards), read back in order."""
+    import hashlib
+    import shutil
     import time
 
     from medner.eval import ray_extract
-
-    import hashlib
-    import shutil
 
     inp, parts = out / "ray-input.jsonl", out / "ray-parts"
     content = "".join(json.dumps({"id": r["id"], "text": r["text"], "token_offsets": r["token_offsets"]}, ensure_ascii=False) + "\n" for r in records)

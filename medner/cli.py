@@ -21,10 +21,10 @@ import sys
 
 
 def _data_convert(a: argparse.Namespace) -> int:
-    from medner.prompts.pairs import records_to_pairs
     from medner.data.records import convert, write_jsonl
     from medner.data.registry import get_corpus
     from medner.data.stats import format_stats, record_stats
+    from medner.prompts.pairs import records_to_pairs
     from medner.tokenizer import token_counter
 
     corpus = get_corpus(a.corpus)
@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lang", choices=["en", "zh"], help="tokenization of annotation-tool files (default: the corpus's, else en)")
     v.set_defaults(func=_data_validate)
 
-    from medner.sft.commands import add_sft_commands, add_tokcls_commands
-    from medner.serve.commands import add_serve_commands
     from medner.eval.commands import add_eval_commands
+    from medner.serve.commands import add_serve_commands
+    from medner.sft.commands import add_sft_commands, add_tokcls_commands
 
     add_sft_commands(stages)
     add_tokcls_commands(stages)

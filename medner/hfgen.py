@@ -10,12 +10,11 @@ never saw in training.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from medner.prompts.schema import ANSWER_SEPARATORS
-
 
 _COMPILERS: dict = {}
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def bio_labels(label_names: Sequence[str]) -> list[str]:
 def word_pieces(text: str, offsets: Sequence[Sequence[int]]) -> list[str]:
     """Each word with the whitespace before it; joined, they are the text up to the end of the last word."""
     pieces, prev = [], 0
-    for s, e in offsets:
+    for _s, e in offsets:
         pieces.append(text[prev:e])
         prev = e
     return pieces
@@ -212,7 +212,7 @@ class TokenTagger:
 
     @classmethod
     def load(cls, adapter_dir: str | Path, base: str | Path | None = None, corpus: str | None = None, batch_size: int = 16,
-             decode: str | None = None, device: str | None = None) -> "TokenTagger":
+             decode: str | None = None, device: str | None = None) -> TokenTagger:
         """Base model + adapter from a ``medner tokcls train`` run (checked against its run record), merged
         for speed. ``corpus``: refused unless the run was trained on it."""
         import torch

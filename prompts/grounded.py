@@ -20,7 +20,7 @@ mention ended before token k". Pure: no I/O, no tokenizer.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 GROUNDED_MODES = ("ordered", "substring")
 # The longest gold mention is 22 tokens in NCBI-disease, 29 in cMedQANER, 56 in BC5CDR (all splits): by

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import yaml
 

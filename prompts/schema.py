@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 # The answer format, defined once: compact JSON, keys in the order text, type, no whitespace. Training
 # answers are written with it, replies are parsed from it, and every constrained decoder is compiled

@@ -8,7 +8,7 @@ keeps accepting requests while the CPU works and a burst of requests costs a few
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 class Batcher:

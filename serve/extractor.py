@@ -12,7 +12,7 @@ The same contract and results as ``medner extract`` (it is the same client).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from medner.data.registry import get_corpus
 from medner.prompts.contract import grounded_mode, task_for

@@ -183,11 +183,9 @@ def train(cfg: TokClsSettings) -> Path:
     from medner.prompts.schema import schema_hash
     from medner.runrecord import write_record
     from medner.sft.plots import write_loss_curve
-    from medner.sft.progress import WallClock
+    from medner.sft.progress import WallClock, rank_and_world
     from medner.sft.train import check_resumable, latest_checkpoint, pick_device
     from medner.tokcls import FAMILY, bio_labels, load_token_classifier, sub_token_counter, training_features
-
-    from medner.sft.progress import rank_and_world
 
     check_settings(cfg)
     if cfg.num_threads:

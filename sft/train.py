@@ -113,9 +113,9 @@ EMPTY_ANSWER = '{"entities":[]}'
 
 def build_datasets(cfg: SFTSettings):
     """Training pairs of the mixture, dev pairs (with their records), and the data manifest."""
-    from medner.prompts.pairs import record_to_pairs
     from medner.data.records import convert
     from medner.data.registry import get_corpus
+    from medner.prompts.pairs import record_to_pairs
     from medner.tokenizer import token_counter
 
     count = token_counter()
@@ -296,15 +296,15 @@ def train(cfg: SFTSettings) -> Path:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from medner.data.registry import get_corpus
+    from medner.models import resolve_model, tokenizer_hash, weights_hash
     from medner.prompts.instructions import INSTRUCTION_VERSION, load_pool
     from medner.prompts.render import template_hash
     from medner.prompts.schema import schema_hash
-    from medner.data.registry import get_corpus
     from medner.runrecord import write_record
     from medner.sft.dev_eval import DevEvalCallback
-    from medner.sft.progress import Snapshots, WallClock, write_snapshot
-    from medner.models import resolve_model, tokenizer_hash, weights_hash
     from medner.sft.plots import write_loss_curve
+    from medner.sft.progress import Snapshots, WallClock, write_snapshot
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

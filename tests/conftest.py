@@ -49,7 +49,7 @@ def tiny_adapter(tiny_run) -> Path:
     return tiny_run / "adapter"
 
 
-from medner.procs import free_port, medner_server  # noqa: E402  (after the offline environment above)
+from medner.procs import free_port, medner_server  # noqa: E402, F401  (after the offline environment above; free_port re-exported for the tests)
 
 
 def randomize_lora_b(adapter_dir: Path, seed: int = 0, scale: float = 0.5) -> None:

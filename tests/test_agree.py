@@ -8,7 +8,6 @@ answered base requests with the adapter's weights. These tests would have caught
 import json
 
 import pytest
-
 from conftest import ROOT, run_medner
 
 CFG = str(ROOT / "eval/configs/default.yaml")
@@ -34,8 +33,8 @@ def _accepts(schema, text: str) -> bool:
 
 
 def test_transformers_constraint_accepts_the_training_format_only(registry):
-    from medner.prompts.pairs import record_to_pairs
     from medner.data.records import convert
+    from medner.prompts.pairs import record_to_pairs
     from medner.prompts.schema import answer_schema
     from medner.tokenizer import token_counter
 

@@ -2,9 +2,8 @@
 closed port (what the API sees when the vLLM server is down); the real-server side is in test_serve.py."""
 
 import pytest
-from fastapi.testclient import TestClient
-
 from conftest import free_port, run_medner
+from fastapi.testclient import TestClient
 
 KEY = "k-3f9a1c"
 BODY = {"text": "Aspirin-induced asthma.", "corpus": "ncbi-disease"}

@@ -4,8 +4,8 @@ import json
 import re
 
 import pytest
-
 from conftest import run_medner
+
 from medner.data.records import convert
 from medner.eval.score import PredictionFileError, load_predictions, score
 

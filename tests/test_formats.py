@@ -3,8 +3,8 @@
 import json
 
 import pytest
+from conftest import run_medner
 
-from conftest import ROOT, run_medner
 from medner.data.bio import BioError
 from medner.data.formats import read_annotated, to_doccano, to_labelstudio, write_brat
 

@@ -143,8 +143,8 @@ def test_grounded_ordered_is_the_default_wherever_it_applies():
     import inspect
 
     import yaml
-
     from conftest import ROOT
+
     from medner.cli import build_parser
     from medner.eval.run import EvalSettings
     from medner.prompts.contract import resolve_grounded

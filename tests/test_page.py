@@ -9,11 +9,9 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ def _groups(order, size):
 
 def _hf_order(lengths, group_size, seed):
     """transformers' get_length_grouped_indices, the order this module replaces (mega-batches sorted long to short)."""
-    from transformers.trainer_pt_utils import get_length_grouped_indices
     import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
 
     return get_length_grouped_indices(lengths, group_size, generator=torch.Generator().manual_seed(seed))
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

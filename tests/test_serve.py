@@ -5,7 +5,6 @@ import json
 import httpx
 import jsonschema
 import pytest
-
 from conftest import ROOT, free_port, run_medner
 
 pytestmark = pytest.mark.slow
@@ -64,8 +63,8 @@ def test_extract_file_jsonl_ids_pass_through_and_chinese(vllm_server, tmp_path):
 
 
 def test_long_text_is_windowed_and_stitched(vllm_server):
-    from medner.serve.client import ExtractClient, task_for
     from medner.data.registry import get_corpus
+    from medner.serve.client import ExtractClient, task_for
 
     text = " ".join(["The patient had asthma."] * 40)
     client = ExtractClient(vllm_server, "ner", window_tokens=32)

@@ -9,9 +9,8 @@ import sys
 import time
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import ROOT, run_medner
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -177,8 +176,8 @@ def test_run_record_refuses_other_prompt_version(tiny_run, tmp_path):
 def test_a_model_is_queried_with_its_trained_prompt_version(tiny_run, tmp_path):
     import shutil
 
-    from medner.runrecord import RunRecordError, check_adapter, prompt_version_for
     from medner.prompts.render import template_hash
+    from medner.runrecord import RunRecordError, check_adapter, prompt_version_for
 
     ad = tmp_path / "adapter"
     shutil.copytree(tiny_run / "adapter", ad)

@@ -3,13 +3,22 @@ real tokenizer); then the real path on the tiny model: `medner tokcls train`, ev
 
 import json
 import math
-import shutil
 
 import pytest
-
 from conftest import ROOT, run_medner
-from medner.tokcls import (IGNORE, TokClsError, bio_labels, decode_tags, encode_words, repair, tags_to_entities, training_features,
-                           viterbi, word_pieces)
+
+from medner.tokcls import (
+    IGNORE,
+    TokClsError,
+    bio_labels,
+    decode_tags,
+    encode_words,
+    repair,
+    tags_to_entities,
+    training_features,
+    viterbi,
+    word_pieces,
+)
 
 
 @pytest.fixture(scope="module")

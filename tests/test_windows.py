@@ -35,7 +35,7 @@ def test_annotated_windows_never_cut_an_entity_containing_a_sentence_ender():
 
 
 def test_long_sentence_cut_at_token_boundaries_outside_entities():
-    tokens = ["w%d" % i for i in range(30)]
+    tokens = [f"w{i}" for i in range(30)]
     text, offs = join_tokens(tokens, "en")
     ent = {"start": offs[9][0], "end": offs[11][1], "type": "D", "text": text[offs[9][0]:offs[11][1]]}
     wins = make_windows(text, offs, "en", chars, 30, [ent])
@@ -62,8 +62,8 @@ def test_entities_in_window_are_relative():
 
 
 def test_real_cmedqaner_long_texts_windowed_with_qwen_tokens(registry):
-    from medner.prompts.pairs import record_to_pairs
     from medner.data.records import convert
+    from medner.prompts.pairs import record_to_pairs
     from medner.tokenizer import token_counter
 
     count = token_counter()
