@@ -21,7 +21,11 @@ from pathlib import Path
 
 from bench.common import ROOT, medner, report, server, write_result
 
-PUBLISHED = {"ncbi-disease": ("BioBERT v1.1", 0.8971), "cmedqaner": ("MC-BERT", 0.881), "bc5cdr": ("Stanza biomed (one model, both types)", 0.8808)}
+PUBLISHED = {
+    "ncbi-disease": ("BioBERT v1.1", 0.8971),
+    "cmedqaner": ("MC-BERT", 0.881),
+    "bc5cdr": ("Stanza biomed (one model, both types)", 0.8808),
+}
 
 
 def _same_raw(a: Path, b: Path) -> float:
@@ -48,7 +52,10 @@ def summarize(run: Path) -> dict:
         "ungrounded": f["ungrounded"]["count"],
         "records": n,
         "records_per_s": (r.get("throughput") or {}).get("records_per_s"),
-        "per_type": {t: {k: v[k] for k in ("precision", "recall", "f1", "support", "f1_ci95") if k in v} for t, v in r["seqeval"].get("per_type", {}).items()},
+        "per_type": {
+            t: {k: v[k] for k in ("precision", "recall", "f1", "support", "f1_ci95") if k in v}
+            for t, v in r["seqeval"].get("per_type", {}).items()
+        },
         "failures": {k: v["count"] for k, v in f.items()},
     }
 
@@ -69,10 +76,17 @@ def main() -> int:
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--sft-override", action="append", default=[], help="extra key=value for `medner sft train` (repeatable)")
     ap.add_argument("--record-only", action="store_true", help="record from the eval run folders already in --run-dir")
-    ap.add_argument("--runs", default=",".join(RUN_KEYS), help="which fine-tuned runs (comma-separated): plain (the plain schema, "
-                    "`f1`), free (unconstrained), grounded (the default decoding, `grounded_f1`)")
-    ap.add_argument("--variant", help="a name for this training variant: results go to <corpus>[-mixture]-<variant>-accuracy.json, "
-                                       "beside the main result rather than over it")
+    ap.add_argument(
+        "--runs",
+        default=",".join(RUN_KEYS),
+        help="which fine-tuned runs (comma-separated): plain (the plain schema, "
+        "`f1`), free (unconstrained), grounded (the default decoding, `grounded_f1`)",
+    )
+    ap.add_argument(
+        "--variant",
+        help="a name for this training variant: results go to <corpus>[-mixture]-<variant>-accuracy.json, "
+        "beside the main result rather than over it",
+    )
     ap.add_argument("--training-note", default="", help="how the --adapter was trained (goes into the result)")
     a = ap.parse_args()
     result_name(a.corpus, False, a.variant)  # a bad --variant or --runs fails now, not after the evaluation
@@ -86,8 +100,10 @@ def main() -> int:
     if a.from_curve:
         curve = json.loads((ROOT / "bench" / "results" / f"{a.corpus}-learning-curve.json").read_text())
         a.adapter = curve["best_adapter"]
-        a.training_note = a.training_note or (f"Adapter: the best of the learning curve by dev F1 ({curve['metrics']['best_dev_f1']:.4f} on "
-                                              f"{curve['metrics']['dev_records']} dev records), at {curve['metrics']['best_examples']} training examples.")
+        a.training_note = a.training_note or (
+            f"Adapter: the best of the learning curve by dev F1 ({curve['metrics']['best_dev_f1']:.4f} on "
+            f"{curve['metrics']['dev_records']} dev records), at {curve['metrics']['best_examples']} training examples."
+        )
     if a.adapter:
         adapter = Path(a.adapter)
         # a learning-curve snapshot (<run>/curve/step-N) or a run's final adapter (<run>/adapter)
@@ -95,9 +111,19 @@ def main() -> int:
     else:
         mix = a.train_corpora or a.corpus
         sft_dir = run_dir / f"sft-{mix.replace(',', '+')}"
-        timings["sft_wall_s"] = medner("sft", "train", "--config", a.config, f"model={a.model}", f"corpora=[{mix}]",
-                                       f"max_train_examples={a.train_examples or 'null'}", f"num_epochs={a.epochs}", f"output_dir={sft_dir}",
-                                       *a.sft_override, log=log)
+        timings["sft_wall_s"] = medner(
+            "sft",
+            "train",
+            "--config",
+            a.config,
+            f"model={a.model}",
+            f"corpora=[{mix}]",
+            f"max_train_examples={a.train_examples or 'null'}",
+            f"num_epochs={a.epochs}",
+            f"output_dir={sft_dir}",
+            *a.sft_override,
+            log=log,
+        )
         adapter = sft_dir / "adapter"
     summary = json.loads((sft_dir / "summary.json").read_text()) if (sft_dir / "summary.json").is_file() else {}
     manifest = json.loads((sft_dir / "data_manifest.json").read_text()) if (sft_dir / "data_manifest.json").is_file() else {}
@@ -114,8 +140,15 @@ def main() -> int:
     from medner.models import adapter_hash
 
     tag = adapter_hash(adapter)[:10] if (adapter / "adapter_config.json").is_file() else "untrained"
-    runs = {c: {"ft": run_dir / f"eval-{c}-ft-{tag}", "free": run_dir / f"eval-{c}-ft-free-{tag}", "grounded": run_dir / f"eval-{c}-ft-grounded-{tag}",
-                "zs": run_dir / f"eval-{c}-zero-shot"} for c in corpora}
+    runs = {
+        c: {
+            "ft": run_dir / f"eval-{c}-ft-{tag}",
+            "free": run_dir / f"eval-{c}-ft-free-{tag}",
+            "grounded": run_dir / f"eval-{c}-ft-grounded-{tag}",
+            "zs": run_dir / f"eval-{c}-zero-shot",
+        }
+        for c in corpora
+    }
     walls: dict = {}
     if a.record_only:
         for c in corpora:
@@ -230,13 +263,33 @@ def record(a, corpus: str, runs: dict, manifest: dict, summary: dict, timings: d
     metrics["prompt_version"] = summary.get("prompt_version")
     name = result_name(corpus, len(summary.get("trained_on") or []) > 1, a.variant)
     write_result(
-        name, metrics,
-        command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus}" + (" --from-curve" if a.from_curve else (f" --adapter {a.adapter}" if a.adapter else f" --train-examples {a.train_examples} --epochs {a.epochs}"))
-                + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "") + (f" --limit {a.limit}" if a.limit else "") + (f" --variant {a.variant}" if a.variant else "") + (f" --runs {','.join(a.runs)}" if a.runs != list(RUN_KEYS) else ""),
-        notes=(f"{a.training_note} " if a.training_note else "") + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU, prompt {summary.get('prompt_version')}), "
-              f"{metrics['train_examples']} training examples of {', '.join(summary.get('trained_on') or [])} in {summary.get('steps')} steps and {summary.get('train_wall_s') or 0:.0f} s of training; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
-              f"(greedy; `f1` under the plain answer schema, `grounded_f1` under grounded ordered decoding; the constrained, grounded and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
-        extra={"details": {"constrained": ft, "unconstrained": free, "grounded": grounded, "zero_shot": zs, "sft_summary": {k: summary.get(k) for k in ('first_loss', 'last_loss', 'mode', 'device', 'peak_rss_gib', 'warnings', 'dev')}}},
+        name,
+        metrics,
+        command=f"python -m bench.accuracy --model MODEL --corpus {a.corpus}"
+        + (
+            " --from-curve"
+            if a.from_curve
+            else (f" --adapter {a.adapter}" if a.adapter else f" --train-examples {a.train_examples} --epochs {a.epochs}")
+        )
+        + (f" --train-corpora {a.train_corpora}" if a.train_corpora else "")
+        + (f" --limit {a.limit}" if a.limit else "")
+        + (f" --variant {a.variant}" if a.variant else "")
+        + (f" --runs {','.join(a.runs)}" if a.runs != list(RUN_KEYS) else ""),
+        notes=(f"{a.training_note} " if a.training_note else "")
+        + f"model: {a.model_name}; SFT config {Path(a.config).name} (bf16 LoRA on CPU, prompt {summary.get('prompt_version')}), "
+        f"{metrics['train_examples']} training examples of {', '.join(summary.get('trained_on') or [])} in {summary.get('steps')} steps and {summary.get('train_wall_s') or 0:.0f} s of training; eval on the {'full' if not a.limit else f'first {a.limit} records of the'} test split through the real vLLM server "
+        f"(greedy; `f1` under the plain answer schema, `grounded_f1` under grounded ordered decoding; the constrained, grounded and free runs of the fine-tuned model shared one server concurrently, so their records/s are not speed figures); zero-shot = the same base model without the adapter, with the descriptive v1 prompt, schema-constrained, on its own server; published reference: {ref_name} {ref_f1}.",
+        extra={
+            "details": {
+                "constrained": ft,
+                "unconstrained": free,
+                "grounded": grounded,
+                "zero_shot": zs,
+                "sft_summary": {
+                    k: summary.get(k) for k in ("first_loss", "last_loss", "mode", "device", "peak_rss_gib", "warnings", "dev")
+                },
+            }
+        },
     )
     # the human-readable report of each run beside the figures (per-type table, failures, error analysis)
     reports = ROOT / "bench/results/reports"

@@ -76,7 +76,9 @@ def main() -> int:
         for rec in convert(corpus, a.split):
             if len(pairs) == a.n:
                 break
-            pairs += [p for p in record_to_pairs(rec, corpus, count, prompt_version=version) if p["completion"][0]["content"] != EMPTY_ANSWER][: a.n - len(pairs)]
+            pairs += [
+                p for p in record_to_pairs(rec, corpus, count, prompt_version=version) if p["completion"][0]["content"] != EMPTY_ANSWER
+            ][: a.n - len(pairs)]
         result["corpora"][name] = preference(model, tokenizer, pairs)
         print(name, json.dumps(result["corpora"][name]), flush=True)
     if a.name:
@@ -84,9 +86,15 @@ def main() -> int:
 
         metrics = {f"{c}_{k}": v for c, r in result["corpora"].items() for k, v in r.items() if k != "sentences"}
         command = f"python -m bench.answer_preference --model MODEL --adapter {a.adapter} --corpus {a.corpus} --split {a.split} --n {a.n} --name {a.name}"
-        write_result(a.name, metrics, command=command, notes=f"adapter {adapter} (prompt {version}); first {a.n} {a.split} sentences with mentions per corpus; "
-                     "mean_p_open_list: mean probability of the gold answer's first token after the prefix it shares with the empty answer; "
-                     "opens_list: share of sentences where that probability is above 0.5 (greedy decoding writes a mention)", extra={"details": result})
+        write_result(
+            a.name,
+            metrics,
+            command=command,
+            notes=f"adapter {adapter} (prompt {version}); first {a.n} {a.split} sentences with mentions per corpus; "
+            "mean_p_open_list: mean probability of the gold answer's first token after the prefix it shares with the empty answer; "
+            "opens_list: share of sentences where that probability is above 0.5 (greedy decoding writes a mention)",
+            extra={"details": result},
+        )
     return 0
 
 

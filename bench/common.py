@@ -47,8 +47,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_result(name: str, metrics: dict, command: str | None = None, notes: str | None = None, extra: dict | None = None,
-                 results: Path | None = None) -> Path:
+def write_result(
+    name: str, metrics: dict, command: str | None = None, notes: str | None = None, extra: dict | None = None, results: Path | None = None
+) -> Path:
     """``bench/results/<name>.json`` (and the BENCHMARKS.md table); ``results`` = another folder, table untouched."""
     folder = results or RESULTS
     folder.mkdir(parents=True, exist_ok=True)

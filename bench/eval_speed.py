@@ -22,9 +22,14 @@ def rps(run: Path) -> dict:
     r = report(run)
     t = r["throughput"]
     f = r["failures"]
-    return {"records_per_s": t["records_per_s"], "output_tokens_per_s": t["output_tokens_per_s"], "latency_p50_s": t["latency_p50_s"],
-            "latency_p95_s": t["latency_p95_s"], "f1": r["seqeval"]["micro"]["f1"],
-            "not_parsed": f["invalid_json"]["count"] + f["schema_violation"]["count"] + f["truncated"]["count"]}
+    return {
+        "records_per_s": t["records_per_s"],
+        "output_tokens_per_s": t["output_tokens_per_s"],
+        "latency_p50_s": t["latency_p50_s"],
+        "latency_p95_s": t["latency_p95_s"],
+        "f1": r["seqeval"]["micro"]["f1"],
+        "not_parsed": f["invalid_json"]["count"] + f["schema_violation"]["count"] + f["truncated"]["count"],
+    }
 
 
 def raw_replies(run: Path) -> dict:
@@ -92,12 +97,13 @@ def main() -> int:
         "gpu_vllm_vs_hf": "not run: no GPU with vLLM on this machine",
     }
     write_result(
-        "eval-speed", metrics,
+        "eval-speed",
+        metrics,
         command=f"python -m bench.eval_speed --model MODEL{' --adapter ADAPTER' if a.adapter else ''} --n {a.n}",
         notes=f"model: {a.model_name}{' + the NCBI-disease LoRA adapter' if a.adapter else ''}; first {a.n} {a.corpus} test records, greedy, "
-              "schema-constrained unless named 'free'; all paths run medner's own eval harness (same prompts, windows, bounds, parsing) "
-              "on the same weights (the adapter merged into the base once, merge=auto on this CPU-only machine); "
-              "records/s counts prediction time only (model load and engine start excluded).",
+        "schema-constrained unless named 'free'; all paths run medner's own eval harness (same prompts, windows, bounds, parsing) "
+        "on the same weights (the adapter merged into the base once, merge=auto on this CPU-only machine); "
+        "records/s counts prediction time only (model load and engine start excluded).",
         extra={"runs": res},
     )
     print(json.dumps(metrics, indent=2))

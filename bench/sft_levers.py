@@ -53,26 +53,50 @@ def main() -> int:
             continue
         out = d / a.corpus / name
         if not (out / "summary.json").is_file():
-            medner("sft", "train", "--config", str(ROOT / "sft/configs/qwen2.5-0.5b-cpu.yaml"), f"model={a.model}", f"output_dir={out}",
-                   f"corpora=[{a.corpus}]", f"max_steps={a.steps}", f"batch_size={a.batch_size}", "save_steps=100000", "dev_examples=0",
-                   f"max_train_examples={a.steps * a.batch_size}", *extra, log=log)
+            medner(
+                "sft",
+                "train",
+                "--config",
+                str(ROOT / "sft/configs/qwen2.5-0.5b-cpu.yaml"),
+                f"model={a.model}",
+                f"output_dir={out}",
+                f"corpora=[{a.corpus}]",
+                f"max_steps={a.steps}",
+                f"batch_size={a.batch_size}",
+                "save_steps=100000",
+                "dev_examples=0",
+                f"max_train_examples={a.steps * a.batch_size}",
+                *extra,
+                log=log,
+            )
         s = json.loads((out / "summary.json").read_text())
         s["steps"] * a.batch_size
         per_step = s.get("step_wall_s") or []
         steady = statistics.median(per_step[1:]) if len(per_step) > 1 else s["train_wall_s"] / s["steps"]
-        runs[name] = {"overrides": extra, "steps": s["steps"], "train_wall_s": s["train_wall_s"], "median_step_s": steady,
-                      "examples_per_min": 60 * a.batch_size / steady, "mean_example_tokens": s.get("mean_example_tokens"),
-                      "train_tokens_seen": s.get("train_tokens"), "last_loss": s.get("last_loss"), "peak_rss_gib": s.get("peak_rss_gib")}
+        runs[name] = {
+            "overrides": extra,
+            "steps": s["steps"],
+            "train_wall_s": s["train_wall_s"],
+            "median_step_s": steady,
+            "examples_per_min": 60 * a.batch_size / steady,
+            "mean_example_tokens": s.get("mean_example_tokens"),
+            "train_tokens_seen": s.get("train_tokens"),
+            "last_loss": s.get("last_loss"),
+            "peak_rss_gib": s.get("peak_rss_gib"),
+        }
         metrics[f"{name}_examples_per_min"] = runs[name]["examples_per_min"]
     if "descriptive_prompt" in runs:
         base = runs["descriptive_prompt"]["examples_per_min"]
         for r in runs.values():
             r["speedup_vs_descriptive"] = r["examples_per_min"] / base
-    write_result("sft-levers", metrics,
-                 command=f"python -m bench.sft_levers --model MODEL --steps {a.steps} --corpus {a.corpus}",
-                 notes=f"{a.model_name}, bf16 LoRA r=16 all-linear, batch {a.batch_size}, {a.steps} steps on the same seeded {a.corpus} "
-                       "training examples per variant, CPU. examples/min from the median step time (the first step left out).",
-                 extra={"runs": runs})
+    write_result(
+        "sft-levers",
+        metrics,
+        command=f"python -m bench.sft_levers --model MODEL --steps {a.steps} --corpus {a.corpus}",
+        notes=f"{a.model_name}, bf16 LoRA r=16 all-linear, batch {a.batch_size}, {a.steps} steps on the same seeded {a.corpus} "
+        "training examples per variant, CPU. examples/min from the median step time (the first step left out).",
+        extra={"runs": runs},
+    )
     print(json.dumps(runs, indent=2))
     return 0
 

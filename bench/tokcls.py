@@ -39,9 +39,20 @@ def main() -> int:
     run.mkdir(parents=True, exist_ok=True)
     log = run / "bench.log"
     if not (run / "summary.json").is_file():
-        medner("tokcls", "train", "--config", a.config, f"model={a.model}", f"corpora=[{a.corpus}]", f"output_dir={run}",
-               f"max_train_examples={a.max_train_examples if a.max_train_examples else 'null'}", f"num_epochs={a.epochs}",
-               *([f"max_train_wall_s={a.budget_s}"] if a.budget_s else []), *a.override, log=log)
+        medner(
+            "tokcls",
+            "train",
+            "--config",
+            a.config,
+            f"model={a.model}",
+            f"corpora=[{a.corpus}]",
+            f"output_dir={run}",
+            f"max_train_examples={a.max_train_examples if a.max_train_examples else 'null'}",
+            f"num_epochs={a.epochs}",
+            *([f"max_train_wall_s={a.budget_s}"] if a.budget_s else []),
+            *a.override,
+            log=log,
+        )
     summary = json.loads((run / "summary.json").read_text())
     adapter = run / "best" if (run / "best" / "adapter_config.json").is_file() else run / "adapter"
     # the same adapter decoded both ways (a decoding choice, no retraining): f1 is Viterbi's, the default
@@ -49,33 +60,68 @@ def main() -> int:
     for decode in ("viterbi", "argmax"):
         out = run / f"eval-{a.split}-{decode}"
         if not (out / "report.json").is_file():
-            medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", f"model={a.model}", f"adapter={adapter}",
-                   f"corpus={a.corpus}", f"split={a.split}", f"tokcls_decode={decode}", f"out={out}", *([f"limit={a.limit}"] if a.limit else []), log=log)
+            medner(
+                "eval",
+                "run",
+                "--config",
+                str(ROOT / "eval/configs/default.yaml"),
+                "backend=tokcls",
+                f"model={a.model}",
+                f"adapter={adapter}",
+                f"corpus={a.corpus}",
+                f"split={a.split}",
+                f"tokcls_decode={decode}",
+                f"out={out}",
+                *([f"limit={a.limit}"] if a.limit else []),
+                log=log,
+            )
         reports[decode] = report(out)
     r = reports["viterbi"]
     micro = r["seqeval"]["micro"]
     thr = r.get("throughput") or {}
     argmax = reports["argmax"]["seqeval"]["micro"]
-    metrics = {"f1": micro["f1"], "precision": micro["precision"], "recall": micro["recall"], "f1_ci95": micro.get("f1_ci95"),
-               "f1_argmax": argmax["f1"], "f1_argmax_ci95": argmax.get("f1_ci95"), "decode": "viterbi",
-               "test_records": r["records"], "train_examples": summary["examples_seen"], "train_windows": summary["train_examples"],
-               "train_wall_s": summary["train_wall_s"], "records_per_s": thr.get("records_per_s"),
-               "records_per_s_argmax": (reports["argmax"].get("throughput") or {}).get("records_per_s"), "best_dev_f1": summary.get("best_dev_f1"),
-               "steps": summary["steps"], "stopped_by_budget": summary.get("stopped_by_budget")}
+    metrics = {
+        "f1": micro["f1"],
+        "precision": micro["precision"],
+        "recall": micro["recall"],
+        "f1_ci95": micro.get("f1_ci95"),
+        "f1_argmax": argmax["f1"],
+        "f1_argmax_ci95": argmax.get("f1_ci95"),
+        "decode": "viterbi",
+        "test_records": r["records"],
+        "train_examples": summary["examples_seen"],
+        "train_windows": summary["train_examples"],
+        "train_wall_s": summary["train_wall_s"],
+        "records_per_s": thr.get("records_per_s"),
+        "records_per_s_argmax": (reports["argmax"].get("throughput") or {}).get("records_per_s"),
+        "best_dev_f1": summary.get("best_dev_f1"),
+        "steps": summary["steps"],
+        "stopped_by_budget": summary.get("stopped_by_budget"),
+    }
     name = f"{a.corpus}-tokcls"
     cfg = (run / "config.resolved.yaml").read_text()
     trained_decode = yaml.safe_load(cfg).get("decode", "argmax")
-    write_result(name, metrics,
-                 command=f"python -m bench.tokcls --model MODEL --corpus {a.corpus} --epochs {a.epochs}"
-                         + (f" --max-train-examples {a.max_train_examples}" if a.max_train_examples else "")
-                         + (f" --budget-s {a.budget_s:.0f}" if a.budget_s else "") + "".join(f" --override {o}" for o in a.override),
-                 notes=f"{a.model_name}; token classification (BIO head + LoRA, {summary.get('mode')}), {Path(a.config).name} + overrides; "
-                       f"adapter {'best by dev F1' if adapter.name == 'best' else 'final'}; {r['records']} {a.split} records through "
-                       "`medner eval run backend=tokcls` (strict seqeval, same scorer as the generative runs), decoded with Viterbi (f1, the default) "
-                       f"and argmax + CoNLL repair (f1_argmax); best_dev_f1 selected the checkpoint with {trained_decode} decoding; records_per_s = tagging only, "
-                       "model loading excluded; train_wall_s = training time over every resumed segment, dev evaluation excluded.",
-                 extra={"per_type": r["seqeval"].get("per_type"), "per_type_argmax": reports["argmax"]["seqeval"].get("per_type"), "failures": r.get("failures"), "dev": summary.get("dev"),
-                        "config_resolved": cfg, "adapter": str(adapter)})
+    write_result(
+        name,
+        metrics,
+        command=f"python -m bench.tokcls --model MODEL --corpus {a.corpus} --epochs {a.epochs}"
+        + (f" --max-train-examples {a.max_train_examples}" if a.max_train_examples else "")
+        + (f" --budget-s {a.budget_s:.0f}" if a.budget_s else "")
+        + "".join(f" --override {o}" for o in a.override),
+        notes=f"{a.model_name}; token classification (BIO head + LoRA, {summary.get('mode')}), {Path(a.config).name} + overrides; "
+        f"adapter {'best by dev F1' if adapter.name == 'best' else 'final'}; {r['records']} {a.split} records through "
+        "`medner eval run backend=tokcls` (strict seqeval, same scorer as the generative runs), decoded with Viterbi (f1, the default) "
+        f"and argmax + CoNLL repair (f1_argmax); best_dev_f1 selected the checkpoint with {trained_decode} decoding; records_per_s = tagging only, "
+        "model loading excluded; train_wall_s = training time over every resumed segment, dev evaluation excluded.",
+        extra={
+            "per_type": r["seqeval"].get("per_type"),
+            "per_type_argmax": reports["argmax"]["seqeval"].get("per_type"),
+            "failures": r.get("failures"),
+            "dev": summary.get("dev"),
+            "config_resolved": cfg,
+            "adapter": str(adapter),
+        },
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -37,7 +37,7 @@ def _json_array_items(text: str) -> Iterator[tuple[int, object]]:
     """The elements of a top-level JSON array with the line each starts on."""
     dec = json.JSONDecoder()
     i = len(text) - len(text.lstrip())
-    if not text[i:i + 1] == "[":
+    if not text[i : i + 1] == "[":
         raise ValueError("expected a JSON list of tasks (a Label Studio JSON export)")
     i += 1
     while True:
@@ -58,7 +58,7 @@ def _docs_labelstudio(path: Path) -> Iterator[tuple[int, str, list]]:
             raise BioError([Problem(str(path), line, "task without a string data.text")])
         anns = task.get("annotations") or task.get("completions") or []
         spans = []
-        for r in (anns[0].get("result", []) if anns else []):
+        for r in anns[0].get("result", []) if anns else []:
             if r.get("type") != "labels":
                 continue
             v = r.get("value", {})
@@ -132,23 +132,44 @@ def read_annotated(path: str | Path, fmt: str, lang: str, labels: list[str] | No
             wfile, _, wline = where.rpartition(":")
             place = (wfile, int(wline))
             if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < b <= len(text)) or not isinstance(lab, str):
-                problems.append(Problem(place[0], place[1], f"annotation {[a, b, lab]!r} is not [start, end, label] within the text ({len(text)} characters)"))
+                problems.append(
+                    Problem(
+                        place[0],
+                        place[1],
+                        f"annotation {[a, b, lab]!r} is not [start, end, label] within the text ({len(text)} characters)",
+                    )
+                )
                 continue
             if labels is not None and lab not in labels:
                 problems.append(Problem(place[0], place[1], f"unknown label {lab!r} (this corpus has: {', '.join(sorted(labels))})"))
                 continue
             if a not in starts or b not in ends:
                 around = [text[x:y] for x, y in offsets if y > a and x < b]
-                problems.append(Problem(place[0], place[1], f"annotation [{a}, {b}) {text[a:b]!r} ({lab}) does not fall on token boundaries "
-                                                            f"(the tokens there: {around!r}); fix it in the annotation tool"))
+                problems.append(
+                    Problem(
+                        place[0],
+                        place[1],
+                        f"annotation [{a}, {b}) {text[a:b]!r} ({lab}) does not fall on token boundaries "
+                        f"(the tokens there: {around!r}); fix it in the annotation tool",
+                    )
+                )
                 continue
             entities.append({"text": text[a:b], "type": lab, "start": a, "end": b})
         entities.sort(key=lambda e: (e["start"], e["end"]))
         overlaps = sum(1 for x, y in zip(entities, entities[1:]) if y["start"] < x["end"])
         if overlaps:
-            log.warning("%s:%d: %d overlapping or nested annotation(s) kept (BIO views keep the first of each overlap)", where_file, line, overlaps)
-        records.append({"id": f"{rec_prefix}:{i}", "text": text, "tokens": [text[a:b] for a, b in offsets],
-                        "token_offsets": [list(o) for o in offsets], "entities": entities})
+            log.warning(
+                "%s:%d: %d overlapping or nested annotation(s) kept (BIO views keep the first of each overlap)", where_file, line, overlaps
+            )
+        records.append(
+            {
+                "id": f"{rec_prefix}:{i}",
+                "text": text,
+                "tokens": [text[a:b] for a, b in offsets],
+                "token_offsets": [list(o) for o in offsets],
+                "entities": entities,
+            }
+        )
     if problems:
         raise BioError(problems)
     return records
@@ -157,14 +178,26 @@ def read_annotated(path: str | Path, fmt: str, lang: str, labels: list[str] | No
 # -- export ---------------------------------------------------------------------------------------
 def to_labelstudio(rows: list[dict], gold: dict[str, dict] | None = None) -> list[dict]:
     """Tasks with the predictions as ``predictions`` (and the gold, where given, as ``annotations``)."""
+
     def result(ents, prefix):
-        return [{"id": f"{prefix}{j}", "from_name": "label", "to_name": "text", "type": "labels",
-                 "value": {"start": e["start"], "end": e["end"], "text": e["text"], "labels": [e["type"]]}} for j, e in enumerate(ents)]
+        return [
+            {
+                "id": f"{prefix}{j}",
+                "from_name": "label",
+                "to_name": "text",
+                "type": "labels",
+                "value": {"start": e["start"], "end": e["end"], "text": e["text"], "labels": [e["type"]]},
+            }
+            for j, e in enumerate(ents)
+        ]
 
     out = []
     for i, r in enumerate(rows):
-        task = {"id": i + 1, "data": {"text": r["text"], "medner_id": r.get("id")},
-                "predictions": [{"model_version": "medner", "result": result(r.get("entities", []), "p")}]}
+        task = {
+            "id": i + 1,
+            "data": {"text": r["text"], "medner_id": r.get("id")},
+            "predictions": [{"model_version": "medner", "result": result(r.get("entities", []), "p")}],
+        }
         if gold and r.get("id") in gold:
             task["annotations"] = [{"result": result(gold[r["id"]]["entities"], "g")}]
         out.append(task)
@@ -172,7 +205,10 @@ def to_labelstudio(rows: list[dict], gold: dict[str, dict] | None = None) -> lis
 
 
 def to_doccano(rows: list[dict]) -> list[dict]:
-    return [{"id": r.get("id", i), "text": r["text"], "label": [[e["start"], e["end"], e["type"]] for e in r.get("entities", [])]} for i, r in enumerate(rows)]
+    return [
+        {"id": r.get("id", i), "text": r["text"], "label": [[e["start"], e["end"], e["type"]] for e in r.get("entities", [])]}
+        for i, r in enumerate(rows)
+    ]
 
 
 def write_brat(rows: list[dict], folder: Path) -> None:
@@ -180,8 +216,10 @@ def write_brat(rows: list[dict], folder: Path) -> None:
     for i, r in enumerate(rows):
         stem = folder / f"doc{i:05d}"
         stem.with_suffix(".txt").write_text(r["text"], encoding="utf-8")
-        stem.with_suffix(".ann").write_text("".join(f"T{j + 1}\t{e['type']} {e['start']} {e['end']}\t{e['text']}\n" for j, e in enumerate(r.get("entities", []))),
-                                            encoding="utf-8")
+        stem.with_suffix(".ann").write_text(
+            "".join(f"T{j + 1}\t{e['type']} {e['start']} {e['end']}\t{e['text']}\n" for j, e in enumerate(r.get("entities", []))),
+            encoding="utf-8",
+        )
 
 
 def write_tool_format(rows: list[dict], fmt: str, out: str | Path | None, gold: dict[str, dict] | None = None) -> None:

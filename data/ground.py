@@ -32,9 +32,7 @@ def _occurrences(text: str, needle: str, starts: set[int], ends: set[int]) -> li
     return out
 
 
-def ground_mentions(
-    text: str, mentions: Iterable[dict], token_offsets: Sequence[Sequence[int]]
-) -> tuple[list[dict], list[dict]]:
+def ground_mentions(text: str, mentions: Iterable[dict], token_offsets: Sequence[Sequence[int]]) -> tuple[list[dict], list[dict]]:
     """Place each ``{"text", "type"}`` mention. Returns (grounded entities with start/end, dropped
     mentions each with a ``reason``)."""
     starts = {int(s) for s, _ in token_offsets}

@@ -35,8 +35,12 @@ def record_tags(record: dict) -> list[str]:
         # nested or overlapping gold (kept in records imported from annotation tools): BIO holds one layer
         import logging
 
-        logging.getLogger(__name__).warning("record %s: %d overlapping gold mention(s) left out of its BIO tags: %s", record["id"], len(dropped),
-                                            [(d[0], d[1], d[2]) if isinstance(d, (list, tuple)) else d for d in dropped])
+        logging.getLogger(__name__).warning(
+            "record %s: %d overlapping gold mention(s) left out of its BIO tags: %s",
+            record["id"],
+            len(dropped),
+            [(d[0], d[1], d[2]) if isinstance(d, (list, tuple)) else d for d in dropped],
+        )
     return spans_to_tags(len(record["tokens"]), spans)
 
 

@@ -98,11 +98,7 @@ def make_windows(
 
 def entities_in_window(entities: Sequence[dict], start: int, end: int) -> list[dict]:
     """Gold entities inside a window, with offsets relative to the window."""
-    return [
-        {**e, "start": e["start"] - start, "end": e["end"] - start}
-        for e in entities
-        if start <= e["start"] and e["end"] <= end
-    ]
+    return [{**e, "start": e["start"] - start, "end": e["end"] - start} for e in entities if start <= e["start"] and e["end"] <= end]
 
 
 def merge_window_entities(per_window: Sequence[tuple[int, Sequence[dict]]]) -> list[dict]:

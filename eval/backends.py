@@ -29,15 +29,24 @@ log = logging.getLogger(__name__)
 
 class Backend(Protocol):
     name: str
-    tokenizer: object       # counts tokens and renders the chat template for planning
+    tokenizer: object  # counts tokens and renders the chat template for planning
     max_model_len: int
-    chunk_records: int      # records planned and generated together
+    chunk_records: int  # records planned and generated together
 
     def generate(self, plans: Sequence[Plan], constrained: bool) -> list[Reply]: ...
 
 
-def predict(backend: Backend, records: Sequence[dict], task: Task, write: Callable[[dict], None], window_tokens: int = 256,
-            constrained: bool = True, max_tokens_cap: int | None = None, warm_up: bool = True, grounded: str | None = None) -> float:
+def predict(
+    backend: Backend,
+    records: Sequence[dict],
+    task: Task,
+    write: Callable[[dict], None],
+    window_tokens: int = 256,
+    constrained: bool = True,
+    max_tokens_cap: int | None = None,
+    warm_up: bool = True,
+    grounded: str | None = None,
+) -> float:
     """Records (``{"id", "text", "token_offsets"}``) -> one result per record, in order, through ``write``.
 
     Returns the wall time of planning + generation. Not included: model loading (the caller's) and one
@@ -49,15 +58,36 @@ def predict(backend: Backend, records: Sequence[dict], task: Task, write: Callab
     """
     first = next((r for r in records if r["text"].strip()), None)
     if first is not None and warm_up:
-        plan = plan_requests(first["text"], first["token_offsets"], task, window_tokens, backend.tokenizer, backend.max_model_len,
-                             constrained, max_tokens_cap, grounded)[:1]
+        plan = plan_requests(
+            first["text"],
+            first["token_offsets"],
+            task,
+            window_tokens,
+            backend.tokenizer,
+            backend.max_model_len,
+            constrained,
+            max_tokens_cap,
+            grounded,
+        )[:1]
         backend.generate(plan, constrained)
     t0 = time.perf_counter()
     step = max(1, backend.chunk_records)
     for start in range(0, len(records), step):
         chunk = records[start : start + step]
-        plans = [plan_requests(r["text"], r["token_offsets"], task, window_tokens, backend.tokenizer, backend.max_model_len,
-                               constrained, max_tokens_cap, grounded) for r in chunk]
+        plans = [
+            plan_requests(
+                r["text"],
+                r["token_offsets"],
+                task,
+                window_tokens,
+                backend.tokenizer,
+                backend.max_model_len,
+                constrained,
+                max_tokens_cap,
+                grounded,
+            )
+            for r in chunk
+        ]
         flat = [p for ps in plans for p in ps]
         t = time.perf_counter()
         replies = backend.generate(flat, constrained) if flat else []
@@ -102,9 +132,14 @@ class HFBackend:
         try:
             for i in range(0, len(plans), self.batch_size):
                 part = plans[i : i + self.batch_size]
-                out += generate_batch(self.model, self.tokenizer, [p["messages"] for p in part], [p["max_tokens"] for p in part],
-                                      [p["schema"] for p in part] if constrained else None,
-                                      [p.get("grammar") for p in part] if constrained else None)
+                out += generate_batch(
+                    self.model,
+                    self.tokenizer,
+                    [p["messages"] for p in part],
+                    [p["max_tokens"] for p in part],
+                    [p["schema"] for p in part] if constrained else None,
+                    [p.get("grammar") for p in part] if constrained else None,
+                )
         finally:
             if was_training:
                 self.model.train()
@@ -120,8 +155,17 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, model_dir: Path, adapter: str | None, merge, max_model_len: int, batch_size: int = 64,
-                 enable_prefix_caching: bool = True, kv_cache_gib: int = 2, block_size: int | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        adapter: str | None,
+        merge,
+        max_model_len: int,
+        batch_size: int = 64,
+        enable_prefix_caching: bool = True,
+        kv_cache_gib: int = 2,
+        block_size: int | None = None,
+    ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
         from vllm.lora.request import LoRARequest
@@ -132,8 +176,15 @@ class VLLMBackend:
         # wider batch costs little more per step than a narrow one. A chunk larger than that is scheduled
         # continuously (a finished request's place goes to the next one), so one long reply does not hold the
         # others back as it does at a chunk's end
-        s = engine_settings(model_dir, adapter, merge, max_model_len, enable_prefix_caching=enable_prefix_caching, block_size=block_size,
-                            max_num_seqs=min(MAX_IN_FLIGHT, max(32, batch_size)))
+        s = engine_settings(
+            model_dir,
+            adapter,
+            merge,
+            max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            block_size=block_size,
+            max_num_seqs=min(MAX_IN_FLIGHT, max(32, batch_size)),
+        )
         self.settings = s
         self.llm = LLM(**offline_kwargs(s))
         self.tokenizer = self.llm.get_tokenizer()
@@ -152,9 +203,16 @@ class VLLMBackend:
 
         params = [SamplingParams(temperature=0, max_tokens=p["max_tokens"], structured_outputs=constraint(p)) for p in plans]
         outs = self.llm.chat([p["messages"] for p in plans], params, use_tqdm=False, lora_request=self.lora)
-        return [{"raw": o.outputs[0].text, "finish_reason": o.outputs[0].finish_reason, "output_tokens": len(o.outputs[0].token_ids),
-                 "prompt_tokens": len(o.prompt_token_ids or []), "cached_prompt_tokens": o.num_cached_tokens or 0} for o in outs]
-
+        return [
+            {
+                "raw": o.outputs[0].text,
+                "finish_reason": o.outputs[0].finish_reason,
+                "output_tokens": len(o.outputs[0].token_ids),
+                "prompt_tokens": len(o.prompt_token_ids or []),
+                "cached_prompt_tokens": o.num_cached_tokens or 0,
+            }
+            for o in outs
+        ]
 
 
 # -- OpenAI-compatible server ---------------------------------------------------------------------

@@ -54,7 +54,9 @@ def _export(a: argparse.Namespace) -> int:
     if a.format != "brat" and not a.out:
         out = out.with_suffix(".json" if a.format == "labelstudio" else ".jsonl")
     write_tool_format(preds, a.format, out, gold)
-    print(f"wrote {len(preds)} predictions ({'with gold as a second annotation set' if gold and a.format == 'labelstudio' else 'predictions only'}) to {out}")
+    print(
+        f"wrote {len(preds)} predictions ({'with gold as a second annotation set' if gold and a.format == 'labelstudio' else 'predictions only'}) to {out}"
+    )
     return 0
 
 

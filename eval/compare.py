@@ -34,5 +34,8 @@ def compare(a: str | Path, b: str | Path) -> str:
     rows += [f"| {k} | {fa.get(k, {}).get('count', 0)} | {fb.get(k, {}).get('count', 0)} |" for k in sorted(set(fa) | set(fb))]
     ta, tb = ra.get("throughput") or {}, rb.get("throughput") or {}
     if ta.get("records_per_s") and tb.get("records_per_s"):
-        rows += ["", f"records/s: A {ta['records_per_s']:.2f} ({ta.get('backend')}), B {tb['records_per_s']:.2f} ({tb.get('backend')}), B/A {tb['records_per_s'] / ta['records_per_s']:.2f}"]
+        rows += [
+            "",
+            f"records/s: A {ta['records_per_s']:.2f} ({ta.get('backend')}), B {tb['records_per_s']:.2f} ({tb.get('backend')}), B/A {tb['records_per_s'] / ta['records_per_s']:.2f}",
+        ]
     return "\n".join(rows)

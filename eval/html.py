@@ -32,20 +32,33 @@ def _marked(text: str, spans: Sequence[tuple[int, int, str]], other: set[tuple[i
 def render(report: dict, records: Sequence[dict] | None = None, preds: dict | None = None, with_text: bool = True, limit: int = 100) -> str:
     run = report.get("run", {})
     s = report["seqeval"]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_pct(v['precision'])}</td><td>{_pct(v['recall'])}</td><td>{_pct(v['f1'])}</td><td>{v['support']}</td></tr>"
-                   for k, v in sorted(s["per_type"].items()))
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_pct(v['precision'])}</td><td>{_pct(v['recall'])}</td><td>{_pct(v['f1'])}</td><td>{v['support']}</td></tr>"
+        for k, v in sorted(s["per_type"].items())
+    )
     m = s["micro"]
-    rows += f"<tr><th>micro</th><th>{_pct(m['precision'])}</th><th>{_pct(m['recall'])}</th><th>{_pct(m['f1'])}</th><th>{m['support']}</th></tr>"
+    rows += (
+        f"<tr><th>micro</th><th>{_pct(m['precision'])}</th><th>{_pct(m['recall'])}</th><th>{_pct(m['f1'])}</th><th>{m['support']}</th></tr>"
+    )
     fails = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['count']}</td></tr>" for k, v in report["failures"].items())
-    parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>medner eval: {html.escape(str(run.get('corpus', '')))} {html.escape(str(run.get('split', '')))}</title>",
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>medner eval: {html.escape(str(run.get('corpus', '?')))} {html.escape(str(run.get('split', '')))}</h1>",
-             f"<p>{report['records']} records; backend <code>{html.escape(str(run.get('backend')))}</code>, constrained {run.get('constrained')}, grounded {run.get('grounded', False)}.</p>",
-             "<h2>Strict entity-level scores</h2><table><tr><th>type</th><th>P</th><th>R</th><th>F1</th><th>support</th></tr>", rows, "</table>",
-             '<img src="per_type_f1.png" alt="per-type F1">', "<h2>Failures</h2><table><tr><th>failure</th><th>count</th></tr>", fails, "</table>"]
+    parts = [
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>medner eval: {html.escape(str(run.get("corpus", "")))} {html.escape(str(run.get("split", "")))}</title>',
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>medner eval: {html.escape(str(run.get('corpus', '?')))} {html.escape(str(run.get('split', '')))}</h1>",
+        f"<p>{report['records']} records; backend <code>{html.escape(str(run.get('backend')))}</code>, constrained {run.get('constrained')}, grounded {run.get('grounded', False)}.</p>",
+        "<h2>Strict entity-level scores</h2><table><tr><th>type</th><th>P</th><th>R</th><th>F1</th><th>support</th></tr>",
+        rows,
+        "</table>",
+        '<img src="per_type_f1.png" alt="per-type F1">',
+        "<h2>Failures</h2><table><tr><th>failure</th><th>count</th></tr>",
+        fails,
+        "</table>",
+    ]
     if with_text and records is not None and preds is not None:
-        parts.append('<h2>Records with errors</h2><p><mark class="ok">found</mark> <mark class="fn">missed (gold only)</mark> '
-                     '<mark class="fp">false positive (predicted only)</mark></p>')
+        parts.append(
+            '<h2>Records with errors</h2><p><mark class="ok">found</mark> <mark class="fn">missed (gold only)</mark> '
+            '<mark class="fp">false positive (predicted only)</mark></p>'
+        )
         shown = 0
         for r in records:
             gold = {(e["start"], e["end"], e["type"]) for e in r["entities"]}
@@ -54,9 +67,11 @@ def render(report: dict, records: Sequence[dict] | None = None, preds: dict | No
             if gold == pred and p.get("status", "ok") == "ok":
                 continue
             rid = html.escape(r["id"])
-            parts.append(f'<div class="pair" id="{rid}"><span class="lab">{rid}<br>gold</span><span>{_marked(r["text"], gold, pred, "fn")}</span>'
-                         f'<span class="lab">predicted{"" if p.get("status", "ok") == "ok" else " (" + html.escape(str(p.get("status"))) + ")"}</span>'
-                         f'<span>{_marked(r["text"], pred, gold, "fp")}</span></div>')
+            parts.append(
+                f'<div class="pair" id="{rid}"><span class="lab">{rid}<br>gold</span><span>{_marked(r["text"], gold, pred, "fn")}</span>'
+                f'<span class="lab">predicted{"" if p.get("status", "ok") == "ok" else " (" + html.escape(str(p.get("status"))) + ")"}</span>'
+                f"<span>{_marked(r['text'], pred, gold, 'fp')}</span></div>"
+            )
             shown += 1
             if shown >= limit:
                 parts.append(f"<p>… the first {limit} records with errors are shown; all are in predictions.jsonl.</p>")

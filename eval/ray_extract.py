@@ -131,7 +131,11 @@ def write_part(out_dir: Path, index: int, rows: Sequence[dict]) -> None:
 
 
 def shown(res: dict, raw: bool = False) -> dict:
-    out = {k: res[k] for k in ("id", "text", "entities", "dropped", "status", "error", "finish_reason", "windows", "output_tokens", "latency_s") if k in res}
+    out = {
+        k: res[k]
+        for k in ("id", "text", "entities", "dropped", "status", "error", "finish_reason", "windows", "output_tokens", "latency_s")
+        if k in res
+    }
     if raw:
         out["raw"] = res.get("raw")
     return out
@@ -146,11 +150,24 @@ def _shard_failed(shard: dict, error: Exception) -> str:
 class ServerShardWorker:
     """A Ray Data actor that extracts whole shards through a pool of ``medner serve`` endpoints."""
 
-    def __init__(self, urls: list[str], model: str, task_args: dict, out_dir: str, path: str, api_key: str | None = None,
-                 concurrency: int = 8, window_tokens: int = 256, grounded: str | None = None, raw: bool = False):
+    def __init__(
+        self,
+        urls: list[str],
+        model: str,
+        task_args: dict,
+        out_dir: str,
+        path: str,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        window_tokens: int = 256,
+        grounded: str | None = None,
+        raw: bool = False,
+    ):
         from medner.serve.client import ExtractClient
 
-        self.clients = [ExtractClient(u, model, api_key=api_key, concurrency=concurrency, window_tokens=window_tokens, grounded=grounded) for u in urls]
+        self.clients = [
+            ExtractClient(u, model, api_key=api_key, concurrency=concurrency, window_tokens=window_tokens, grounded=grounded) for u in urls
+        ]
         self.task_args, self.out_dir, self.path, self.raw = task_args, Path(out_dir), path, raw
 
     def _extract(self, shard: dict, items: list[dict]) -> list[dict]:
@@ -193,8 +210,18 @@ class ServerShardWorker:
 class EngineShardWorker:
     """A Ray Data actor holding vLLM's engine (the base model, with the adapter merged on a CPU-only machine)."""
 
-    def __init__(self, base_model: str, adapter: str | None, task_args: dict, out_dir: str, path: str, window_tokens: int = 256,
-                 grounded: str | None = None, batch_size: int = 64, raw: bool = False):
+    def __init__(
+        self,
+        base_model: str,
+        adapter: str | None,
+        task_args: dict,
+        out_dir: str,
+        path: str,
+        window_tokens: int = 256,
+        grounded: str | None = None,
+        batch_size: int = 64,
+        raw: bool = False,
+    ):
         from medner.eval.backends import VLLMBackend
         from medner.models import resolve_model
         from medner.runrecord import check_adapter, prompt_version_for
@@ -214,10 +241,26 @@ class EngineShardWorker:
         for shard in (json.loads(s) for s in batch["shard"]):
             try:
                 items = read_shard(self.path, shard)
-                records = [{"id": it["id"], "text": it["text"], "token_offsets": it.get("token_offsets") or simple_token_offsets(it["text"], self.task.lang)}
-                           for it in items]
+                records = [
+                    {
+                        "id": it["id"],
+                        "text": it["text"],
+                        "token_offsets": it.get("token_offsets") or simple_token_offsets(it["text"], self.task.lang),
+                    }
+                    for it in items
+                ]
                 rows: list[dict] = []
-                predict(self.backend, records, self.task, rows.append, self.window_tokens, True, None, warm_up=not self.warm, grounded=self.grounded)
+                predict(
+                    self.backend,
+                    records,
+                    self.task,
+                    rows.append,
+                    self.window_tokens,
+                    True,
+                    None,
+                    warm_up=not self.warm,
+                    grounded=self.grounded,
+                )
                 self.warm = True
             except Exception as e:  # noqa: BLE001 - reported with the shard; the other shards go on
                 done.append(_shard_failed(shard, e))
@@ -227,12 +270,28 @@ class EngineShardWorker:
         return {"done": done}
 
 
-def run(path: str, out_dir: str, task_args: dict, urls: Sequence[str] | None = None, model: str = "ner", base_model: str | None = None,
-        adapter: str | None = None, address: str | None = None, shard_records: int = 256, workers: int | None = None, api_key: str | None = None,
-        concurrency: int = 8, window_tokens: int = 256, grounded: str | None = "ordered", raw: bool = False) -> dict:
+def run(
+    path: str,
+    out_dir: str,
+    task_args: dict,
+    urls: Sequence[str] | None = None,
+    model: str = "ner",
+    base_model: str | None = None,
+    adapter: str | None = None,
+    address: str | None = None,
+    shard_records: int = 256,
+    workers: int | None = None,
+    api_key: str | None = None,
+    concurrency: int = 8,
+    window_tokens: int = 256,
+    grounded: str | None = "ordered",
+    raw: bool = False,
+) -> dict:
     """Plan, skip finished shards, run the rest on Ray Data; returns a summary (records, shards run and skipped, failed)."""
     if bool(urls) == bool(base_model):
-        raise RayExtractError("give --url (one or more medner serve endpoints) or --base-model (vLLM inside the Ray actors), not both or neither")
+        raise RayExtractError(
+            "give --url (one or more medner serve endpoints) or --base-model (vLLM inside the Ray actors), not both or neither"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(path, shard_records)
@@ -240,31 +299,73 @@ def run(path: str, out_dir: str, task_args: dict, urls: Sequence[str] | None = N
     if old.is_file():
         prev = json.loads(old.read_text())
         if (prev["sha256"], prev["shard_records"]) != (plan["sha256"], plan["shard_records"]):
-            raise RayExtractError(f"{out} holds results of another input or shard size ({prev['input']}, {prev['shard_records']} records per shard); "
-                                  "use another --out")
+            raise RayExtractError(
+                f"{out} holds results of another input or shard size ({prev['input']}, {prev['shard_records']} records per shard); "
+                "use another --out"
+            )
     old.write_text(json.dumps(plan, indent=2) + "\n")
     todo = [s for s in plan["shards"] if not part_path(out, s["index"]).is_file()]
-    log.info("%d records in %d shards; %d already done, %d to run", plan["records"], len(plan["shards"]), len(plan["shards"]) - len(todo), len(todo))
-    summary = {"records": plan["records"], "shards": len(plan["shards"]), "shards_run": len(todo), "shards_skipped": len(plan["shards"]) - len(todo),
-               "failed": 0, "out": str(out)}
+    log.info(
+        "%d records in %d shards; %d already done, %d to run",
+        plan["records"],
+        len(plan["shards"]),
+        len(plan["shards"]) - len(todo),
+        len(todo),
+    )
+    summary = {
+        "records": plan["records"],
+        "shards": len(plan["shards"]),
+        "shards_run": len(todo),
+        "shards_skipped": len(plan["shards"]) - len(todo),
+        "failed": 0,
+        "out": str(out),
+    }
     if todo:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING) if address else \
-                ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING) if address else ray.init(
+                include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            )
         ds = ray.data.from_items([{"shard": json.dumps(s)} for s in todo])
         if urls:
             n = workers or max(1, min(len(todo), 2 * len(urls)))
-            ds = ds.map_batches(ServerShardWorker, batch_size=1, concurrency=n, num_cpus=0.25,
-                                fn_constructor_kwargs={"urls": list(urls), "model": model, "task_args": task_args, "out_dir": str(out), "path": path,
-                                                       "api_key": api_key, "concurrency": concurrency, "window_tokens": window_tokens,
-                                                       "grounded": grounded, "raw": raw})
+            ds = ds.map_batches(
+                ServerShardWorker,
+                batch_size=1,
+                concurrency=n,
+                num_cpus=0.25,
+                fn_constructor_kwargs={
+                    "urls": list(urls),
+                    "model": model,
+                    "task_args": task_args,
+                    "out_dir": str(out),
+                    "path": path,
+                    "api_key": api_key,
+                    "concurrency": concurrency,
+                    "window_tokens": window_tokens,
+                    "grounded": grounded,
+                    "raw": raw,
+                },
+            )
         else:
             n = workers or 1
-            ds = ds.map_batches(EngineShardWorker, batch_size=1, concurrency=n, num_cpus=1,
-                                fn_constructor_kwargs={"base_model": base_model, "adapter": adapter, "task_args": task_args, "out_dir": str(out),
-                                                       "path": path, "window_tokens": window_tokens, "grounded": grounded, "raw": raw})
+            ds = ds.map_batches(
+                EngineShardWorker,
+                batch_size=1,
+                concurrency=n,
+                num_cpus=1,
+                fn_constructor_kwargs={
+                    "base_model": base_model,
+                    "adapter": adapter,
+                    "task_args": task_args,
+                    "out_dir": str(out),
+                    "path": path,
+                    "window_tokens": window_tokens,
+                    "grounded": grounded,
+                    "raw": raw,
+                },
+            )
         lost = []
         for row in ds.take_all():
             done = json.loads(row["done"])
@@ -274,10 +375,14 @@ def run(path: str, out_dir: str, task_args: dict, urls: Sequence[str] | None = N
         if lost:
             written = sum(part_path(out, s["index"]).is_file() for s in plan["shards"])
             shards = {s["index"]: s for s in plan["shards"]}
-            lines = "; ".join(f"shard {d['index']} (input line {shards[d['index']]['first_line']} on, {shards[d['index']]['records']} records): {d['error']}"
-                              for d in sorted(lost, key=lambda d: d["index"]))
-            raise RayExtractError(f"{len(lost)} of {len(todo)} shard(s) failed, {written} of {len(plan['shards'])} written to {out}: {lines}; "
-                                  "rerun the same command to run only the missing ones")
+            lines = "; ".join(
+                f"shard {d['index']} (input line {shards[d['index']]['first_line']} on, {shards[d['index']]['records']} records): {d['error']}"
+                for d in sorted(lost, key=lambda d: d["index"])
+            )
+            raise RayExtractError(
+                f"{len(lost)} of {len(todo)} shard(s) failed, {written} of {len(plan['shards'])} written to {out}: {lines}; "
+                "rerun the same command to run only the missing ones"
+            )
     got = sum(1 for s in plan["shards"] for line in part_path(out, s["index"]).open(encoding="utf-8") if line.strip())
     if got != plan["records"]:
         raise RayExtractError(f"{out}: {got} results for {plan['records']} input records; rerun the same command to complete it")
@@ -304,11 +409,28 @@ def cli_extract(a) -> int:
         labels = json.loads(a.labels) if a.labels.strip().startswith(("{", "[")) else [x for x in a.labels.split(",") if x]
     task_args = {"labels": labels, "lang": a.lang} if labels else {"corpus": a.corpus}
     make_task(task_args, "v1")  # a bad corpus or label set fails here, before Ray starts
-    summary = run(a.file, a.out, task_args, urls=a.url, model=a.model or "ner", base_model=a.base_model, adapter=a.adapter, address=a.address,
-                  shard_records=a.shard_records, workers=a.workers, api_key=read_key(a.api_key_file), concurrency=a.concurrency,
-                  window_tokens=a.window_tokens, grounded=grounded_mode(a.grounded), raw=a.raw)
-    print(f"{summary['records']} records in {summary['shards']} shard(s) -> {summary['out']}/part-*.jsonl "
-          f"({summary['shards_run']} run, {summary['shards_skipped']} already done)", file=sys.stderr)
+    summary = run(
+        a.file,
+        a.out,
+        task_args,
+        urls=a.url,
+        model=a.model or "ner",
+        base_model=a.base_model,
+        adapter=a.adapter,
+        address=a.address,
+        shard_records=a.shard_records,
+        workers=a.workers,
+        api_key=read_key(a.api_key_file),
+        concurrency=a.concurrency,
+        window_tokens=a.window_tokens,
+        grounded=grounded_mode(a.grounded),
+        raw=a.raw,
+    )
+    print(
+        f"{summary['records']} records in {summary['shards']} shard(s) -> {summary['out']}/part-*.jsonl "
+        f"({summary['shards_run']} run, {summary['shards_skipped']} already done)",
+        file=sys.stderr,
+    )
     if summary["failed"]:
         print(f"error: {summary['failed']} text(s) did not give a valid answer (see their status)", file=sys.stderr)
         return 1

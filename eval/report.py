@@ -16,9 +16,13 @@ def table(report: dict) -> str:
     rows = ["| type | precision | recall | F1 | F1 95% CI | support |", "|---|---:|---:|---:|---|---:|"]
     for lab, v in sorted(s["per_type"].items()):
         ci = v.get("f1_ci95")
-        rows.append(f"| {lab} | {_pct(v['precision'])} | {_pct(v['recall'])} | {_pct(v['f1'])} | {f'{_pct(ci[0])}–{_pct(ci[1])}' if ci else '-'} | {v['support']} |")
+        rows.append(
+            f"| {lab} | {_pct(v['precision'])} | {_pct(v['recall'])} | {_pct(v['f1'])} | {f'{_pct(ci[0])}–{_pct(ci[1])}' if ci else '-'} | {v['support']} |"
+        )
     m, ci = s["micro"], s["micro"].get("f1_ci95")
-    rows.append(f"| **micro** | {_pct(m['precision'])} | {_pct(m['recall'])} | **{_pct(m['f1'])}** | {f'{_pct(ci[0])}–{_pct(ci[1])}' if ci else '-'} | {m['support']} |")
+    rows.append(
+        f"| **micro** | {_pct(m['precision'])} | {_pct(m['recall'])} | **{_pct(m['f1'])}** | {f'{_pct(ci[0])}–{_pct(ci[1])}' if ci else '-'} | {m['support']} |"
+    )
     rows.append(f"| macro | {_pct(s['macro']['precision'])} | {_pct(s['macro']['recall'])} | {_pct(s['macro']['f1'])} | - | |")
     return "\n".join(rows)
 
@@ -27,16 +31,28 @@ def markdown(report: dict, with_text: bool = True) -> str:
     run = report.get("run", {})
     lines = [f"# medner eval: {run.get('corpus', '?')} {run.get('split', '')}", ""]
     if run:
-        lines += [f"backend `{run.get('backend')}`, model `{run.get('model')}`, adapter `{run.get('adapter')}`, constrained decoding: {run.get('constrained')}", ""]
-    lines += [f"{report['records']} records, {report['predictions']} predictions "
-              f"({report['failures']['missing']['count']} missing, scored as no entities).", ""]
+        lines += [
+            f"backend `{run.get('backend')}`, model `{run.get('model')}`, adapter `{run.get('adapter')}`, constrained decoding: {run.get('constrained')}",
+            "",
+        ]
+    lines += [
+        f"{report['records']} records, {report['predictions']} predictions "
+        f"({report['failures']['missing']['count']} missing, scored as no entities).",
+        "",
+    ]
     lines += ["## Strict entity-level scores (seqeval, IOB2, mode=strict)", "", table(report), ""]
     sp = report["spans"]
-    lines += ["## Span level (characters, before the BIO overlap rule)", "",
-              "| match | precision | recall | F1 |", "|---|---:|---:|---:|",
-              f"| exact | {_pct(sp['exact']['precision'])} | {_pct(sp['exact']['recall'])} | {_pct(sp['exact']['f1'])} |",
-              f"| partial (overlap, same type) | {_pct(sp['partial']['precision'])} | {_pct(sp['partial']['recall'])} | {_pct(sp['partial']['f1'])} |", "",
-              f"Overlapping predictions that BIO cannot hold, resolved by the data stage's rule: {report['overlapping_predictions_resolved']}.", ""]
+    lines += [
+        "## Span level (characters, before the BIO overlap rule)",
+        "",
+        "| match | precision | recall | F1 |",
+        "|---|---:|---:|---:|",
+        f"| exact | {_pct(sp['exact']['precision'])} | {_pct(sp['exact']['recall'])} | {_pct(sp['exact']['f1'])} |",
+        f"| partial (overlap, same type) | {_pct(sp['partial']['precision'])} | {_pct(sp['partial']['recall'])} | {_pct(sp['partial']['f1'])} |",
+        "",
+        f"Overlapping predictions that BIO cannot hold, resolved by the data stage's rule: {report['overlapping_predictions_resolved']}.",
+        "",
+    ]
     lines += ["## Failures", "", "| failure | count |", "|---|---:|"]
     for k, v in report["failures"].items():
         lines.append(f"| {k} | {v['count']} |")
@@ -50,9 +66,18 @@ def markdown(report: dict, with_text: bool = True) -> str:
             lines.append("")
     thr = report.get("throughput")
     if thr:
-        lines += ["## Throughput", "", f"backend `{thr.get('backend')}`: {thr['records']} records"
-                  + (f" in {thr['wall_s']:.1f} s = **{thr['records_per_s']:.2f} records/s**, {thr['output_tokens_per_s']:.1f} output tokens/s" if "wall_s" in thr else "")
-                  + f"; latency p50 {thr['latency_p50_s']:.2f} s, p95 {thr['latency_p95_s']:.2f} s.", ""]
+        lines += [
+            "## Throughput",
+            "",
+            f"backend `{thr.get('backend')}`: {thr['records']} records"
+            + (
+                f" in {thr['wall_s']:.1f} s = **{thr['records_per_s']:.2f} records/s**, {thr['output_tokens_per_s']:.1f} output tokens/s"
+                if "wall_s" in thr
+                else ""
+            )
+            + f"; latency p50 {thr['latency_p50_s']:.2f} s, p95 {thr['latency_p95_s']:.2f} s.",
+            "",
+        ]
     for title, key in (("false positives", "false_positives"), ("false negatives", "false_negatives")):
         lines += [f"## The 20 most frequent {title}", ""]
         if with_text:

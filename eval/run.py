@@ -111,7 +111,21 @@ def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
 
 
 # what must not change between a run and its resumption (limit, concurrency and the like may)
-SETUP_KEYS = ("backend", "url", "served_model", "model", "adapter", "corpus", "prompt_version", "split", "constrained", "grounded", "window_tokens", "max_tokens", "merge")
+SETUP_KEYS = (
+    "backend",
+    "url",
+    "served_model",
+    "model",
+    "adapter",
+    "corpus",
+    "prompt_version",
+    "split",
+    "constrained",
+    "grounded",
+    "window_tokens",
+    "max_tokens",
+    "merge",
+)
 
 
 def _check_same_setup(cfg: EvalSettings, out: Path) -> None:
@@ -159,12 +173,27 @@ def make_backend(cfg: EvalSettings, model_dir: Path | None):
     if cfg.backend == "server":
         from medner.serve.client import ExtractClient
 
-        client = ExtractClient(cfg.url, cfg.served_model, api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
-                               concurrency=cfg.concurrency, window_tokens=cfg.window_tokens, constrained=cfg.constrained,
-                               max_tokens_cap=cfg.max_tokens)
+        client = ExtractClient(
+            cfg.url,
+            cfg.served_model,
+            api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
+            concurrency=cfg.concurrency,
+            window_tokens=cfg.window_tokens,
+            constrained=cfg.constrained,
+            max_tokens_cap=cfg.max_tokens,
+        )
         return ServerBackend(client)
     if cfg.backend == "vllm":
-        return VLLMBackend(model_dir, cfg.adapter, cfg.merge, cfg.max_model_len, cfg.batch_size, cfg.enable_prefix_caching, cfg.kv_cache_gib, cfg.block_size)
+        return VLLMBackend(
+            model_dir,
+            cfg.adapter,
+            cfg.merge,
+            cfg.max_model_len,
+            cfg.batch_size,
+            cfg.enable_prefix_caching,
+            cfg.kv_cache_gib,
+            cfg.block_size,
+        )
     if not cfg.constrained:
         log.warning("hf backend with constrained=false: output is unconstrained (free decoding)")
     return HFBackend.load(model_dir, cfg.adapter, resolve_merge(cfg.merge), cfg.batch_size, cfg.max_model_len)
@@ -200,17 +229,32 @@ def _predict_ray(cfg: EvalSettings, corpus, records: list[dict], write, out: Pat
     from medner.eval import ray_extract
 
     inp, parts = out / "ray-input.jsonl", out / "ray-parts"
-    content = "".join(json.dumps({"id": r["id"], "text": r["text"], "token_offsets": r["token_offsets"]}, ensure_ascii=False) + "\n" for r in records)
+    content = "".join(
+        json.dumps({"id": r["id"], "text": r["text"], "token_offsets": r["token_offsets"]}, ensure_ascii=False) + "\n" for r in records
+    )
     manifest = parts / ray_extract.MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text())["sha256"] != hashlib.sha256(content.encode()).hexdigest():
         shutil.rmtree(parts)  # shards of an earlier set of records still to do: their results are in predictions.jsonl already
     inp.write_text(content, encoding="utf-8")
     urls = [u for u in (cfg.url or "").split(",") if u]
     t0 = time.perf_counter()
-    ray_extract.run(str(inp), str(parts), {"corpus": corpus.name}, urls=urls or None, model=cfg.served_model,
-                    base_model=None if urls else cfg.model, adapter=None if urls else cfg.adapter, address=cfg.ray_address,
-                    shard_records=cfg.ray_shard_records, workers=cfg.ray_workers, api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
-                    concurrency=cfg.concurrency, window_tokens=cfg.window_tokens, grounded=grounded, raw=True)
+    ray_extract.run(
+        str(inp),
+        str(parts),
+        {"corpus": corpus.name},
+        urls=urls or None,
+        model=cfg.served_model,
+        base_model=None if urls else cfg.model,
+        adapter=None if urls else cfg.adapter,
+        address=cfg.ray_address,
+        shard_records=cfg.ray_shard_records,
+        workers=cfg.ray_workers,
+        api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
+        concurrency=cfg.concurrency,
+        window_tokens=cfg.window_tokens,
+        grounded=grounded,
+        raw=True,
+    )
     wall = time.perf_counter() - t0
     for part in sorted(parts.glob("part-*.jsonl")):
         for line in part.read_text(encoding="utf-8").splitlines():
@@ -241,7 +285,9 @@ def run(cfg: EvalSettings) -> dict:
         if not cfg.adapter:
             raise ConfigError("backend=tokcls needs adapter=DIR (the adapter folder of a `medner tokcls train` run)")
         if grounded:
-            raise ConfigError("grounded=true applies to generative backends; token classification spans are spans of the input by construction")
+            raise ConfigError(
+                "grounded=true applies to generative backends; token classification spans are spans of the input by construction"
+            )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(cfg, out)
@@ -261,7 +307,9 @@ def run(cfg: EvalSettings) -> dict:
         except TokClsError as e:
             raise ConfigError(str(e)) from None
         if tok_rec["corpus"] != corpus.name:
-            raise ConfigError(f"{cfg.adapter}: trained on {tok_rec['corpus']!r}, not on {corpus.name!r}: its tag set is {tok_rec['labels']}")
+            raise ConfigError(
+                f"{cfg.adapter}: trained on {tok_rec['corpus']!r}, not on {corpus.name!r}: its tag set is {tok_rec['labels']}"
+            )
     elif cfg.backend == "ray" and not cfg.url and not cfg.model:
         raise ConfigError("backend=ray needs url= (servers, comma-separated) or model= (vLLM inside the Ray actors)")
     elif cfg.backend in ("vllm", "hf") or (cfg.backend == "ray" and not cfg.url):
@@ -279,7 +327,15 @@ def run(cfg: EvalSettings) -> dict:
     if not cfg.resume and pred_path.exists():
         pred_path.unlink()
     todo = [r for r in gold if r["id"] not in done]
-    log.info("%s %s: %d records, %d already predicted, %d to go (backend %s)", corpus.name, cfg.split, len(gold), len(done), len(todo), cfg.backend)
+    log.info(
+        "%s %s: %d records, %d already predicted, %d to go (backend %s)",
+        corpus.name,
+        cfg.split,
+        len(gold),
+        len(done),
+        len(todo),
+        cfg.backend,
+    )
     fh = pred_path.open("a", encoding="utf-8")
     bar = tqdm(total=len(todo), desc="records", unit="rec")
 
@@ -309,8 +365,17 @@ def run(cfg: EvalSettings) -> dict:
     report["throughput"] = throughput(fresh, wall if fresh else None)
     if report["throughput"]:
         report["throughput"]["backend"] = cfg.backend
-    report["run"] = {"corpus": corpus.name, "split": cfg.split, "backend": cfg.backend, "constrained": cfg.constrained if cfg.backend != "tokcls" else None, "grounded": grounded or False, "prompt_version": task.prompt_version if task else cfg.prompt_version,
-                     "model": cfg.served_model if cfg.backend == "server" else cfg.model, "adapter": cfg.adapter, "resumed_records": len(done)}
+    report["run"] = {
+        "corpus": corpus.name,
+        "split": cfg.split,
+        "backend": cfg.backend,
+        "constrained": cfg.constrained if cfg.backend != "tokcls" else None,
+        "grounded": grounded or False,
+        "prompt_version": task.prompt_version if task else cfg.prompt_version,
+        "model": cfg.served_model if cfg.backend == "server" else cfg.model,
+        "adapter": cfg.adapter,
+        "resumed_records": len(done),
+    }
     if cfg.backend == "tokcls":
         report["run"]["tokcls_decode"] = cfg.tokcls_decode or tok_rec.get("decode", "argmax")
     write_report(report, out, with_text=not cfg.no_text, records=gold, preds=preds)

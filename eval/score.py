@@ -65,7 +65,7 @@ def _prf(tp: float, fp: float, fn: float) -> dict:
 
 
 def _context(text: str, s: int, e: int, width: int = 40) -> str:
-    return f"{text[max(0, s - width):s]}[{text[s:e]}]{text[e:e + width]}"
+    return f"{text[max(0, s - width) : s]}[{text[s:e]}]{text[e : e + width]}"
 
 
 def _pred_spans(rec: dict, pred: dict | None, fail: dict) -> list[tuple[int, int, str]]:
@@ -82,7 +82,7 @@ def _pred_spans(rec: dict, pred: dict | None, fail: dict) -> list[tuple[int, int
     spans, loose = [], []
     for e in pred.get("entities", []):
         if "start" in e:
-            if text[e["start"]:e["end"]] != e["text"]:
+            if text[e["start"] : e["end"]] != e["text"]:
                 fail["offset_mismatch"].append({"id": rec["id"], "mention": e["text"], "type": e["type"]})
                 loose.append(e)
             else:
@@ -123,7 +123,9 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
     """The full report (see ``report.json`` in the README). Scores are fractions 0-1."""
     fail: dict[str, list] = {k: [] for k in FAILURES}
     y_true, y_pred = [], []
-    labels = sorted({e["type"] for r in gold for e in r["entities"]} | {e.get("type") for p in preds.values() for e in p.get("entities", [])})
+    labels = sorted(
+        {e["type"] for r in gold for e in r["entities"]} | {e.get("type") for p in preds.values() for e in p.get("entities", [])}
+    )
     idx = {lab: i for i, lab in enumerate(labels)}
     per_rec = np.zeros((len(gold), len(labels), 3))  # tp, fp, fn per record and type (BIO-held spans)
     span_counts = collections.Counter()
@@ -141,7 +143,10 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
         y_true.append(gold_tags)
         y_pred.append(spans_to_tags(len(offsets), kept))
         # strict span sets on the BIO-held spans (what seqeval strict counts), per type
-        g_set = collections.Counter((sp.start, sp.end, sp.label) for sp in char_spans_to_token_spans(offsets, [(e["start"], e["end"], e["type"]) for e in rec["entities"]])[0])
+        g_set = collections.Counter(
+            (sp.start, sp.end, sp.label)
+            for sp in char_spans_to_token_spans(offsets, [(e["start"], e["end"], e["type"]) for e in rec["entities"]])[0]
+        )
         p_set = collections.Counter((sp.start, sp.end, sp.label) for sp in kept)
         for key, n in (g_set & p_set).items():
             per_rec[r_i, idx[key[2]], 0] += n
@@ -202,7 +207,13 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
         "seqeval": {
             "mode": "strict",
             "scheme": "IOB2",
-            "micro": {"precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"]), "support": int(micro["support"]), "f1_ci95": ci},
+            "micro": {
+                "precision": float(micro["precision"]),
+                "recall": float(micro["recall"]),
+                "f1": float(micro["f1-score"]),
+                "support": int(micro["support"]),
+                "f1_ci95": ci,
+            },
             "macro": {"precision": float(macro["precision"]), "recall": float(macro["recall"]), "f1": float(macro["f1-score"])},
             "per_type": per_type,
         },
@@ -250,7 +261,12 @@ def throughput(preds: Iterable[dict], wall_s: float | None = None) -> dict | Non
     lat = np.array([p["latency_s"] for p in rows])
     toks = sum(p.get("output_tokens", 0) or 0 for p in rows)
     wall = wall_s if wall_s else None
-    out = {"records": len(rows), "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)), "output_tokens": int(toks)}
+    out = {
+        "records": len(rows),
+        "latency_p50_s": float(np.percentile(lat, 50)),
+        "latency_p95_s": float(np.percentile(lat, 95)),
+        "output_tokens": int(toks),
+    }
     if any("cached_prompt_tokens" in p for p in rows):  # a speed figure is only comparable at a similar cache share
         out.update(prompt_tokens=int(sum(p.get("prompt_tokens") or 0 for p in rows)), prefix_cache_share=prefix_cache_share(rows))
     if wall:

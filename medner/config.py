@@ -92,8 +92,10 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
     given = parse_overrides(overrides)
     secret = sorted(k for k, v in given.items() if k.endswith("api_key") and v not in (None, "null", ""))
     if secret:
-        raise ConfigError(f"{secret[0]}= on the command line is visible to every user of this machine (process listings, shell history); "
-                          "set MEDNER_API_KEY (or put the key in the config file)")
+        raise ConfigError(
+            f"{secret[0]}= on the command line is visible to every user of this machine (process listings, shell history); "
+            "set MEDNER_API_KEY (or put the key in the config file)"
+        )
     raw.update(given)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)

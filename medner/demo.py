@@ -37,13 +37,29 @@ def main() -> int:
     tiny = out / "tiny-qwen2"
     if not (tiny / "config.json").is_file():
         medner("sft", "make-tiny", str(tiny))
-    medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny}", f"output_dir={out / 'sft'}", f"max_steps={a.steps}")
+    medner(
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tiny}",
+        f"output_dir={out / 'sft'}",
+        f"max_steps={a.steps}",
+    )
     serve_log = out / "serve.log"
     print(f"+ medner serve (log in {serve_log})", flush=True)
     serve_args = [f"model={tiny}", f"adapter={out / 'sft' / 'adapter'}"]
     with procs.medner_server(ROOT / "serve/configs/tiny.yaml", serve_args, log=serve_log, timeout_s=600) as url:
-        medner("extract", "--url", url, "--model", "ner", "--corpus", "ncbi-disease",
-               "Aspirin-induced asthma and hypertension were seen in a patient with asthma.")
+        medner(
+            "extract",
+            "--url",
+            url,
+            "--model",
+            "ner",
+            "--corpus",
+            "ncbi-disease",
+            "Aspirin-induced asthma and hypertension were seen in a patient with asthma.",
+        )
         medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={url}", f"limit={a.limit}", f"out={out / 'eval'}")
     print(f"\ndemo done: adapter {out / 'sft' / 'adapter'}, report {out / 'eval' / 'report.md'}")
     return 0

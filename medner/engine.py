@@ -27,14 +27,14 @@ assert ANSWER_SEPARATORS == (",", ":"), "vLLM's disable_any_whitespace writes ('
 
 @dataclasses.dataclass
 class EngineSettings:
-    model: str                      # folder vLLM loads (the base, or the merged model)
-    served_name: str | None         # server: the model id clients send
+    model: str  # folder vLLM loads (the base, or the merged model)
+    served_name: str | None  # server: the model id clients send
     max_model_len: int
     dtype: str = "bfloat16"
     max_num_seqs: int = 32
     enable_prefix_caching: bool = True
-    block_size: int | None = None   # KV-cache block in tokens (None: vLLM's default)
-    lora_name: str | None = None    # LoRA serving (CUDA): the adapter's name and folder
+    block_size: int | None = None  # KV-cache block in tokens (None: vLLM's default)
+    lora_name: str | None = None  # LoRA serving (CUDA): the adapter's name and folder
     lora_path: str | None = None
     max_lora_rank: int = 16
 
@@ -87,12 +87,22 @@ def default_block_size() -> int | None:
     return CPU_BLOCK_SIZE if on_cpu_build() else None
 
 
-def engine_settings(model_dir: Path, adapter: str | None, merge: str | bool, max_model_len: int, served_name: str | None = None,
-                    lora_name: str = "ner", max_lora_rank: int = 16, block_size: int | None = None, **kw) -> EngineSettings:
+def engine_settings(
+    model_dir: Path,
+    adapter: str | None,
+    merge: str | bool,
+    max_model_len: int,
+    served_name: str | None = None,
+    lora_name: str = "ner",
+    max_lora_rank: int = 16,
+    block_size: int | None = None,
+    **kw,
+) -> EngineSettings:
     """Settings for one engine that serves exactly the model the caller asked for."""
     path, lora = plan_model(model_dir, adapter, merge)
-    s = EngineSettings(model=str(path), served_name=served_name, max_model_len=max_model_len,
-                       block_size=block_size or default_block_size(), **kw)
+    s = EngineSettings(
+        model=str(path), served_name=served_name, max_model_len=max_model_len, block_size=block_size or default_block_size(), **kw
+    )
     if lora:
         s.lora_name, s.lora_path = lora_name, str(Path(lora).resolve())
         s.max_lora_rank = lora_rank_bound(adapter_rank(lora), max_lora_rank)
@@ -103,15 +113,25 @@ def server_argv(s: EngineSettings, host: str, port: int) -> list[str]:
     import sys
 
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", s.model,
-        "--host", host,
-        "--port", str(port),
-        "--max-model-len", str(s.max_model_len),
-        "--dtype", s.dtype,
-        "--max-num-seqs", str(s.max_num_seqs),
-        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
-        "--generation-config", "vllm",  # greedy defaults of vLLM, not the checkpoint's sampling settings
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        s.model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(s.max_model_len),
+        "--dtype",
+        s.dtype,
+        "--max-num-seqs",
+        str(s.max_num_seqs),
+        "--structured-outputs-config",
+        json.dumps(STRUCTURED_OUTPUTS),
+        "--generation-config",
+        "vllm",  # greedy defaults of vLLM, not the checkpoint's sampling settings
         "--disable-uvicorn-access-log",
     ]
     if s.served_name:
@@ -125,9 +145,15 @@ def server_argv(s: EngineSettings, host: str, port: int) -> list[str]:
 
 
 def offline_kwargs(s: EngineSettings) -> dict:
-    kw = dict(model=s.model, max_model_len=s.max_model_len, dtype=s.dtype, max_num_seqs=s.max_num_seqs,
-              enable_prefix_caching=s.enable_prefix_caching, structured_outputs_config=dict(STRUCTURED_OUTPUTS),
-              generation_config="vllm")
+    kw = dict(
+        model=s.model,
+        max_model_len=s.max_model_len,
+        dtype=s.dtype,
+        max_num_seqs=s.max_num_seqs,
+        enable_prefix_caching=s.enable_prefix_caching,
+        structured_outputs_config=dict(STRUCTURED_OUTPUTS),
+        generation_config="vllm",
+    )
     if s.block_size:
         kw["block_size"] = s.block_size
     if s.lora_path:

@@ -79,8 +79,14 @@ def stop(proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def medner_server(config: str | Path, overrides: Sequence[str] = (), log: Path | None = None, port: int | None = None,
-                  timeout_s: float = 900, env: dict | None = None) -> Iterator[str]:
+def medner_server(
+    config: str | Path,
+    overrides: Sequence[str] = (),
+    log: Path | None = None,
+    port: int | None = None,
+    timeout_s: float = 900,
+    env: dict | None = None,
+) -> Iterator[str]:
     """A real ``medner serve --config CONFIG key=value...`` for the duration of the block; yields its base URL."""
     port = port or free_port()
     argv = [sys.executable, "-m", "medner.cli", "serve", "--config", str(config), *overrides, f"port={port}"]

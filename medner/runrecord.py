@@ -49,19 +49,25 @@ def prompt_version_for(requested: str | None, record: dict | None, where: str) -
     return trained
 
 
-def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = None, corpus=None, prompt_version: str | None = None) -> dict:
+def check_adapter(
+    adapter_dir: str | Path, base_model_dir: str | Path | None = None, corpus=None, prompt_version: str | None = None
+) -> dict:
     """Raise RunRecordError when the adapter does not fit the base model, prompts or corpus in use
     (``prompt_version``: one asked for explicitly, refused unless it is the trained one)."""
     rec = read_record(adapter_dir)
     if rec is None:
         raise RunRecordError(f"{adapter_dir}: no {RECORD_NAME}; not an adapter trained by `medner sft train`")
     if rec.get("family", "generative") != "generative":
-        raise RunRecordError(f"{adapter_dir}: a {rec['family']} run (`medner tokcls train`), not a generative adapter; "
-                             "evaluate it with backend=tokcls and serve it with `medner api --tokcls`")
+        raise RunRecordError(
+            f"{adapter_dir}: a {rec['family']} run (`medner tokcls train`), not a generative adapter; "
+            "evaluate it with backend=tokcls and serve it with `medner api --tokcls`"
+        )
     version = rec.get("prompt_version", PROMPT_VERSION)
     if version not in prompt_versions():
-        raise RunRecordError(f"{adapter_dir}: trained with prompt version {version!r}, which this medner does not have "
-                             f"({', '.join(prompt_versions())}); use the medner version that trained it")
+        raise RunRecordError(
+            f"{adapter_dir}: trained with prompt version {version!r}, which this medner does not have "
+            f"({', '.join(prompt_versions())}); use the medner version that trained it"
+        )
     if rec.get("prompt_template_sha256") != template_hash(version):
         raise RunRecordError(
             f"{adapter_dir}: trained with prompt version {version!r} (template hash {str(rec.get('prompt_template_sha256'))[:12]}), "

@@ -166,13 +166,19 @@ def tags_to_entities(text: str, offsets: Sequence[Sequence[int]], tags: Sequence
 
 
 # -- the model --------------------------------------------------------------------------------------
-def load_token_classifier(model_dir: str | Path, labels: Sequence[str], dtype: str = "bfloat16", device: str = "cpu", quantization_config=None):
+def load_token_classifier(
+    model_dir: str | Path, labels: Sequence[str], dtype: str = "bfloat16", device: str = "cpu", quantization_config=None
+):
     """A Qwen2-family model with a token-classification head (new, randomly initialised) for ``labels``."""
     import torch
     from transformers import AutoModelForTokenClassification
 
-    kwargs: dict = {"dtype": getattr(torch, dtype), "num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                    "label2id": {t: i for i, t in enumerate(labels)}}
+    kwargs: dict = {
+        "dtype": getattr(torch, dtype),
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {t: i for i, t in enumerate(labels)},
+    }
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     model = AutoModelForTokenClassification.from_pretrained(str(model_dir), **kwargs)
@@ -189,16 +195,29 @@ def read_tokcls_record(adapter_dir: str | Path) -> dict:
     if rec is None:
         raise TokClsError(f"{adapter_dir}: no medner_run.json; not an adapter trained by `medner tokcls train`")
     if rec.get("family") != FAMILY:
-        raise TokClsError(f"{adapter_dir}: a generative (SFT) adapter, not a token-classification run; "
-                          "use it with the generative backends (vllm, hf, server) or train one with `medner tokcls train`")
+        raise TokClsError(
+            f"{adapter_dir}: a generative (SFT) adapter, not a token-classification run; "
+            "use it with the generative backends (vllm, hf, server) or train one with `medner tokcls train`"
+        )
     return rec
 
 
 class TokenTagger:
     """A token-classification model ready to tag texts: windows, batched forward passes, decoding, offsets."""
 
-    def __init__(self, model, tokenizer, labels: Sequence[str], lang: str, window_tokens: int = 256, batch_size: int = 16,
-                 label_subtoken: str = "last", echo: bool = False, decode: str = "argmax", corpus: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        labels: Sequence[str],
+        lang: str,
+        window_tokens: int = 256,
+        batch_size: int = 16,
+        label_subtoken: str = "last",
+        echo: bool = False,
+        decode: str = "argmax",
+        corpus: str | None = None,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.corpus = corpus
         self.labels = list(labels)
@@ -211,8 +230,15 @@ class TokenTagger:
         self.count = sub_token_counter(tokenizer, lang)
 
     @classmethod
-    def load(cls, adapter_dir: str | Path, base: str | Path | None = None, corpus: str | None = None, batch_size: int = 16,
-             decode: str | None = None, device: str | None = None) -> TokenTagger:
+    def load(
+        cls,
+        adapter_dir: str | Path,
+        base: str | Path | None = None,
+        corpus: str | None = None,
+        batch_size: int = 16,
+        decode: str | None = None,
+        device: str | None = None,
+    ) -> TokenTagger:
         """Base model + adapter from a ``medner tokcls train`` run (checked against its run record), merged
         for speed. ``corpus``: refused unless the run was trained on it."""
         import torch
@@ -225,8 +251,10 @@ class TokenTagger:
         base_dir = resolve_model(str(base or rec["base_model"]["path"]))
         want = rec["base_model"].get("weights_sha256")
         if want and weights_hash(base_dir) != want:
-            raise TokClsError(f"{adapter_dir}: trained on base model {rec['base_model'].get('source')!r} (weights {want[:12]}), "
-                              f"but {base_dir} has other weights; use the base it was trained on")
+            raise TokClsError(
+                f"{adapter_dir}: trained on base model {rec['base_model'].get('source')!r} (weights {want[:12]}), "
+                f"but {base_dir} has other weights; use the base it was trained on"
+            )
         name = corpus or rec["corpus"]
         if name != rec["corpus"]:
             raise TokClsError(f"{adapter_dir}: trained on {rec['corpus']!r}, not on {name!r}: its tag set is {rec['labels']}")
@@ -235,8 +263,18 @@ class TokenTagger:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         model.eval()
         tok = AutoTokenizer.from_pretrained(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file() else str(base_dir))
-        return cls(model, tok, rec["labels"], rec["lang"], rec.get("window_tokens", 256), batch_size, rec.get("label_subtoken", "last"),
-                   rec.get("echo", False), decode or rec.get("decode", "argmax"), corpus=name)
+        return cls(
+            model,
+            tok,
+            rec["labels"],
+            rec["lang"],
+            rec.get("window_tokens", 256),
+            batch_size,
+            rec.get("label_subtoken", "last"),
+            rec.get("echo", False),
+            decode or rec.get("decode", "argmax"),
+            corpus=name,
+        )
 
     # one window -> (ids, tag positions, word offsets relative to the window)
     def _encode(self, text: str, offsets: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:

@@ -77,20 +77,20 @@ class Plan(TypedDict):
     text: str
     offsets: list[tuple[int, int]]
     messages: list[dict]
-    schema: dict          # the decoding constraint (and the validation schema of the reply)
+    schema: dict  # the decoding constraint (and the validation schema of the reply)
     max_tokens: int
     prompt_tokens: int
-    grammar: str | None   # grounded decoding: the constraint instead of the schema (the schema still validates)
+    grammar: str | None  # grounded decoding: the constraint instead of the schema (the schema still validates)
 
 
 class Reply(TypedDict, total=False):
     """What a backend returns per plan."""
 
     raw: str | None
-    finish_reason: str | None   # stop | length | error
+    finish_reason: str | None  # stop | length | error
     output_tokens: int
-    prompt_tokens: int          # vLLM offline engine: the prompt's tokens,
-    cached_prompt_tokens: int   # and how many of them came from the prefix cache
+    prompt_tokens: int  # vLLM offline engine: the prompt's tokens,
+    cached_prompt_tokens: int  # and how many of them came from the prefix cache
     error: str
 
 
@@ -118,8 +118,17 @@ def resolve_grounded(setting, constrained: bool, backend: str = "server") -> str
     return mode
 
 
-def plan_requests(text: str, offsets: Sequence[Sequence[int]], task: Task, cap: int, tokenizer: ChatTokenizer, max_model_len: int,
-                  constrained: bool = True, max_tokens_cap: int | None = None, grounded: str | None = None) -> list[Plan]:
+def plan_requests(
+    text: str,
+    offsets: Sequence[Sequence[int]],
+    task: Task,
+    cap: int,
+    tokenizer: ChatTokenizer,
+    max_model_len: int,
+    constrained: bool = True,
+    max_tokens_cap: int | None = None,
+    grounded: str | None = None,
+) -> list[Plan]:
     """The requests for one text: windows (data-stage rule) with their messages, bounded schema and
     ``max_tokens``. A window whose reply bound does not fit the context is split smaller.
 
@@ -159,15 +168,27 @@ def plan_requests(text: str, offsets: Sequence[Sequence[int]], task: Task, cap: 
             bound = max_reply_tokens(schema, task.label_names) if constrained else 2 * count(wtext) + 64
         room = max_model_len - prompt_tokens - 8
         if bound > room and cap > MIN_WINDOW_TOKENS and len(woffs) > 1:
-            for p in plan_requests(wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2), tokenizer, max_model_len, constrained, max_tokens_cap, grounded):
+            for p in plan_requests(
+                wtext, woffs, task, max(MIN_WINDOW_TOKENS, cap // 2), tokenizer, max_model_len, constrained, max_tokens_cap, grounded
+            ):
                 p["start"] += s
                 plans.append(p)
             continue
         max_tokens = max(1, min(bound, room))
         if max_tokens_cap:
             max_tokens = min(max_tokens, max_tokens_cap)
-        plans.append(Plan(start=s, text=wtext, offsets=woffs, messages=messages, schema=schema, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
-                          grammar=grammar))
+        plans.append(
+            Plan(
+                start=s,
+                text=wtext,
+                offsets=woffs,
+                messages=messages,
+                schema=schema,
+                max_tokens=max_tokens,
+                prompt_tokens=prompt_tokens,
+                grammar=grammar,
+            )
+        )
     return plans
 
 
@@ -222,7 +243,9 @@ def assemble_result(text: str, plans: Sequence[Plan], replies: Sequence[Reply]) 
         "entities": merge_window_entities(per_window),
         "dropped": dropped,
         "status": bad[0] if bad else "ok",
-        "finish_reason": "length" if any(r.get("finish_reason") == "length" for r in replies) else (replies[-1].get("finish_reason") if replies else "stop"),
+        "finish_reason": "length"
+        if any(r.get("finish_reason") == "length" for r in replies)
+        else (replies[-1].get("finish_reason") if replies else "stop"),
         "raw": raws,
         "windows": len(plans),
         "output_tokens": sum(r.get("output_tokens") or 0 for r in replies),

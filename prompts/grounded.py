@@ -51,8 +51,14 @@ def span_pieces(text: str, offsets: Sequence[Sequence[int]]) -> list[tuple[str, 
     return out
 
 
-def grounded_grammar(text: str, offsets: Sequence[Sequence[int]], labels: Sequence[str], mode: str = "ordered",
-                     max_mention_tokens: int | None = None, max_items: int | None = None) -> str:
+def grounded_grammar(
+    text: str,
+    offsets: Sequence[Sequence[int]],
+    labels: Sequence[str],
+    mode: str = "ordered",
+    max_mention_tokens: int | None = None,
+    max_items: int | None = None,
+) -> str:
     """The EBNF grammar of grounded answers for one window (``offsets`` relative to ``text``).
 
     ``max_mention_tokens`` = None: a mention may run to the end of the window (itself at most
@@ -109,8 +115,14 @@ def grounded_grammar(text: str, offsets: Sequence[Sequence[int]], labels: Sequen
     return "\n".join(lines) + "\n"
 
 
-def grounded_reply_bound(text: str, offsets: Sequence[Sequence[int]], labels: Sequence[str], mode: str = "ordered",
-                         max_mention_tokens: int | None = None, max_items: int | None = None) -> int:
+def grounded_reply_bound(
+    text: str,
+    offsets: Sequence[Sequence[int]],
+    labels: Sequence[str],
+    mode: str = "ordered",
+    max_mention_tokens: int | None = None,
+    max_items: int | None = None,
+) -> int:
     """An upper bound, in model tokens, on any reply the grammar allows (a token is at least one
     character, so the longest reply in characters bounds it): ``max_tokens`` that can never cut one."""
     n = len(offsets)
@@ -127,4 +139,3 @@ def grounded_reply_bound(text: str, offsets: Sequence[Sequence[int]], labels: Se
     longest_span = max(len(pieces[j][0]) + sum(len(pieces[k][1]) for k in range(j + 1, min(n, j + cap))) for j in range(n))
     k_items = max(1, max_items if max_items is not None else n)
     return fixed + k_items * (per_item + longest_span)
-

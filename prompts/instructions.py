@@ -105,9 +105,18 @@ def type_words(labels: Sequence[Label], lang: str, form: str, rng: random.Random
     return ", ".join(out[:-1]) + " and " + out[-1]
 
 
-def render_instruction(text: str, labels: Sequence[Label], lang: str, index: int, part: str = "train", form: str = "word",
-                       system: str | None = None, describe: bool = False, rng: random.Random | None = None,
-                       version: str = INSTRUCTION_VERSION) -> list[dict]:
+def render_instruction(
+    text: str,
+    labels: Sequence[Label],
+    lang: str,
+    index: int,
+    part: str = "train",
+    form: str = "word",
+    system: str | None = None,
+    describe: bool = False,
+    rng: random.Random | None = None,
+    version: str = INSTRUCTION_VERSION,
+) -> list[dict]:
     """Messages of one free-form request: phrasing ``index`` of the pool's ``part`` in ``lang`` around ``text``."""
     phrasing = load_pool(version).phrasings[lang][part][index]
     user = phrasing.replace("{types}", type_words(labels, lang, form, rng, describe)).replace("{text}", text)
@@ -125,9 +134,16 @@ def _subset(labels: Sequence[Label], rng: random.Random) -> list[Label]:
     return [lab for i, lab in enumerate(labels) if i in picked]  # the corpus's order, as the canonical line
 
 
-def chat_pair(pair: dict, text: str, entities: Sequence[dict], corpus: Corpus, rng: random.Random,
-              mix: dict[str, float] | None = None, version: str = INSTRUCTION_VERSION,
-              prompt_version: str = "compact-v1") -> dict:
+def chat_pair(
+    pair: dict,
+    text: str,
+    entities: Sequence[dict],
+    corpus: Corpus,
+    rng: random.Random,
+    mix: dict[str, float] | None = None,
+    version: str = INSTRUCTION_VERSION,
+    prompt_version: str = "compact-v1",
+) -> dict:
     """One training pair in a drawn style. ``pair`` is the canonical pair of the window ``text`` whose
     ``entities`` (window offsets, in order) it answers; the result adds ``style``."""
     mix = mix or DEFAULT_MIX
@@ -156,8 +172,10 @@ def chat_pair(pair: dict, text: str, entities: Sequence[dict], corpus: Corpus, r
         return _pair(pair, style, msgs, answer)
     follow = _subset(list(corpus.labels), rng)
     words = type_words(follow, lang, rng.choice(TYPE_FORMS), rng)
-    msgs = msgs + [{"role": "assistant", "content": answer_json(answer)},
-                   {"role": "user", "content": rng.choice(pool.followups[lang]).replace("{types}", words)}]
+    msgs = msgs + [
+        {"role": "assistant", "content": answer_json(answer)},
+        {"role": "user", "content": rng.choice(pool.followups[lang]).replace("{types}", words)},
+    ]
     return _pair(pair, style, msgs, _restrict(entities, {lab.name for lab in follow}))
 
 

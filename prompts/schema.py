@@ -101,4 +101,6 @@ def schema_hash(labels: Sequence[str]) -> str:
 
 def answer_json(entities: Sequence[dict]) -> str:
     """The canonical answer string used as the training target (compact, no extra whitespace)."""
-    return json.dumps({"entities": [{"text": e["text"], "type": e["type"]} for e in entities]}, ensure_ascii=False, separators=ANSWER_SEPARATORS)
+    return json.dumps(
+        {"entities": [{"text": e["text"], "type": e["type"]} for e in entities]}, ensure_ascii=False, separators=ANSWER_SEPARATORS
+    )

@@ -62,7 +62,10 @@ class ExtractRequest(BaseModel):
     labels: list[str] | dict[str, str] | None = Field(None, description="ad-hoc labels, or {label: description}")
     lang: str = Field("en", description="en or zh (with ad-hoc labels)")
     model: str | None = Field(None, description="served model name (default: the API's model)")
-    grounded: bool | str = Field(True, description="every mention a span of the input, by construction: true (= ordered, the default), ordered, substring, or false for the plain schema")
+    grounded: bool | str = Field(
+        True,
+        description="every mention a span of the input, by construction: true (= ordered, the default), ordered, substring, or false for the plain schema",
+    )
 
 
 def _check_limits(req: ExtractRequest, limits: Limits) -> None:
@@ -75,7 +78,9 @@ def _check_limits(req: ExtractRequest, limits: Limits) -> None:
         texts = names + (list(req.labels.values()) if isinstance(req.labels, dict) else [])
         longest = max((len(t) for t in texts), default=0)
         if longest > limits.max_label_chars:
-            raise HTTPException(422, detail=f"a label or description is {longest} characters; the limit is {limits.max_label_chars} (max_label_chars)")
+            raise HTTPException(
+                422, detail=f"a label or description is {longest} characters; the limit is {limits.max_label_chars} (max_label_chars)"
+            )
 
 
 class PredictRequest(BaseModel):
@@ -83,8 +88,15 @@ class PredictRequest(BaseModel):
     corpus: str | None = Field(None, description="the corpus the token-classification run was trained on (default: that one)")
 
 
-def create_app(url: str | list[str], model: str, api_key: str | None = None, window_tokens: int = 256, auth_key: str | None = None,
-               limits: Limits | None = None, tagger=None) -> FastAPI:
+def create_app(
+    url: str | list[str],
+    model: str,
+    api_key: str | None = None,
+    window_tokens: int = 256,
+    auth_key: str | None = None,
+    limits: Limits | None = None,
+    tagger=None,
+) -> FastAPI:
     """``url``: the vLLM server, or a list of replicas (:class:`~medner.serve.pool.UpstreamPool`); ``api_key``:
     sent to the upstream; ``auth_key``: what clients of this app must send; ``tagger``: a loaded
     :class:`medner.tokcls.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
@@ -104,12 +116,17 @@ def create_app(url: str | list[str], model: str, api_key: str | None = None, win
         if want is not None and request.url.path not in OPEN_PATHS:
             got = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(got, want):
-                return JSONResponse({"detail": "missing or wrong API key: send Authorization: Bearer KEY"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
+                return JSONResponse(
+                    {"detail": "missing or wrong API key: send Authorization: Bearer KEY"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > 4 * limits.max_text_chars + 65536:
-            return JSONResponse({"detail": f"request body is {int(size):,} bytes; the text limit is {limits.max_text_chars:,} characters (max_text_chars)"},
-                                status_code=413)
+            return JSONResponse(
+                {"detail": f"request body is {int(size):,} bytes; the text limit is {limits.max_text_chars:,} characters (max_text_chars)"},
+                status_code=413,
+            )
         return await call_next(request)
 
     def client_for(upstream: str, name: str) -> ExtractClient:
@@ -161,7 +178,9 @@ def create_app(url: str | list[str], model: str, api_key: str | None = None, win
     async def extract(req: ExtractRequest):
         _check_limits(req, limits)
         if state["in_flight"] >= limits.max_in_flight:
-            raise HTTPException(429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"})
+            raise HTTPException(
+                429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"}
+            )
         state["in_flight"] += 1
         try:
             return await asyncio.wait_for(_extract(req), timeout=limits.request_timeout_s)
@@ -175,11 +194,15 @@ def create_app(url: str | list[str], model: str, api_key: str | None = None, win
         if batcher is None:
             raise HTTPException(404, detail="no token-classification model here: start `medner api --tokcls RUN_ADAPTER_DIR`")
         if len(req.text) > limits.max_text_chars:
-            raise HTTPException(413, detail=f"text is {len(req.text):,} characters; the limit is {limits.max_text_chars:,} (max_text_chars)")
+            raise HTTPException(
+                413, detail=f"text is {len(req.text):,} characters; the limit is {limits.max_text_chars:,} (max_text_chars)"
+            )
         if req.corpus and req.corpus != tagger.corpus:
             raise HTTPException(422, detail=f"this model was trained on {tagger.corpus!r}, not {req.corpus!r}")
         if state["in_flight"] >= limits.max_in_flight:
-            raise HTTPException(429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"})
+            raise HTTPException(
+                429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"}
+            )
         state["in_flight"] += 1
         try:
             res = await asyncio.wait_for(batcher.submit(req.text), timeout=limits.request_timeout_s)

@@ -66,7 +66,9 @@ class ExtractClient:
         try:
             r = httpx.get(f"{self.url}/models", headers=self.headers, timeout=10)
         except httpx.HTTPError as e:
-            raise ServerError(f"cannot reach the server at {self.url} ({type(e).__name__}); start it with `make serve` or pass --url") from None
+            raise ServerError(
+                f"cannot reach the server at {self.url} ({type(e).__name__}); start it with `make serve` or pass --url"
+            ) from None
         if r.status_code == 401:
             raise ServerError(f"server at {self.url} refused the API key (401); pass --api-key or set MEDNER_API_KEY")
         if r.status_code != 200:
@@ -106,7 +108,9 @@ class ExtractClient:
     def plan(self, text: str, offsets, task: Task, grounded: str | None | bool = False) -> list[Plan]:
         """``grounded``: False = the client's own setting; None / a mode = this request's."""
         mode = self.grounded if grounded is False else grounded
-        return plan_requests(text, offsets, task, self.window_tokens, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap, mode)
+        return plan_requests(
+            text, offsets, task, self.window_tokens, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap, mode
+        )
 
     async def complete(self, http: httpx.AsyncClient, plan: Plan, constrained: bool | None = None) -> Reply:
         """One planned request -> its reply (``finish_reason: error`` with the HTTP status on refusal)."""
@@ -127,7 +131,9 @@ class ExtractClient:
             raise ServerError(f"cannot reach the server at {self.url} ({type(e).__name__})") from None
         if r.status_code != 200:
             try:
-                detail = r.json().get("error", {}).get("message", "") if isinstance(r.json().get("error"), dict) else r.json().get("message", "")
+                detail = (
+                    r.json().get("error", {}).get("message", "") if isinstance(r.json().get("error"), dict) else r.json().get("message", "")
+                )
             except ValueError:
                 detail = ""
             return {"raw": None, "finish_reason": "error", "error": f"HTTP {r.status_code}: {str(detail)[:300]}", "output_tokens": 0}

@@ -19,8 +19,10 @@ def _serve_defaults(config: str | None):
     return load_config(ServeSettings, path, [])
 
 
-KEY_ON_COMMAND_LINE = ("an API key on the command line is visible to every user of this machine (process listings, shell "
-                       "history); put it in MEDNER_API_KEY or in a file passed with --api-key-file")
+KEY_ON_COMMAND_LINE = (
+    "an API key on the command line is visible to every user of this machine (process listings, shell "
+    "history); put it in MEDNER_API_KEY or in a file passed with --api-key-file"
+)
 
 
 def read_key(file: str | None, env: str = "MEDNER_API_KEY") -> str | None:
@@ -87,8 +89,15 @@ def _extract(a: argparse.Namespace) -> int:
 
     if a.api_key:
         raise ValueError(KEY_ON_COMMAND_LINE)
-    client = ExtractClient(url, model, api_key=read_key(a.api_key_file), concurrency=a.concurrency, window_tokens=a.window_tokens,
-                           max_tokens_cap=a.max_tokens, grounded=grounded_mode(a.grounded))
+    client = ExtractClient(
+        url,
+        model,
+        api_key=read_key(a.api_key_file),
+        concurrency=a.concurrency,
+        window_tokens=a.window_tokens,
+        max_tokens_cap=a.max_tokens,
+        grounded=grounded_mode(a.grounded),
+    )
     client.check_server()
     # the prompt version the served model was trained with (serve config's adapter, or the served folder's record)
     adapter = defaults.adapter if (defaults.adapter and not a.url and not a.model) else None
@@ -100,7 +109,10 @@ def _extract(a: argparse.Namespace) -> int:
         write_tool_format(results, a.format, a.out)
         failed = sum(1 for r in results if r["status"] != "ok")
         if failed:
-            print(f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)", file=sys.stderr)
+            print(
+                f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)",
+                file=sys.stderr,
+            )
         return 1 if failed else 0
     out = open(a.out, "w", encoding="utf-8") if a.out else sys.stdout
     failed = 0
@@ -114,7 +126,10 @@ def _extract(a: argparse.Namespace) -> int:
     if out is not sys.stdout:
         out.close()
     if failed:
-        print(f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)", file=sys.stderr)
+        print(
+            f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -135,8 +150,13 @@ def _api(a: argparse.Namespace) -> int:
     upstream = read_key(a.upstream_key_file, "MEDNER_UPSTREAM_API_KEY") or auth
     if not auth and a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: /v1/extract on {a.host} without an API key: anyone who reaches port {a.port} can use it", file=sys.stderr)
-    limits = Limits(max_text_chars=a.max_text_chars, max_labels=a.max_labels, max_label_chars=a.max_label_chars,
-                    request_timeout_s=a.request_timeout, max_in_flight=a.max_in_flight)
+    limits = Limits(
+        max_text_chars=a.max_text_chars,
+        max_labels=a.max_labels,
+        max_label_chars=a.max_label_chars,
+        request_timeout_s=a.request_timeout,
+        max_in_flight=a.max_in_flight,
+    )
     tagger = None
     if a.tokcls:
         from medner.tokcls import TokenTagger
@@ -146,7 +166,11 @@ def _api(a: argparse.Namespace) -> int:
     elif a.base:
         raise ValueError("--base names the base model of a --tokcls run; give --tokcls RUN_ADAPTER_DIR too")
     app = create_app(url, model, api_key=upstream, auth_key=auth, limits=limits, tagger=tagger)
-    print(f"medner api: /v1/extract at http://{a.host}:{a.port} -> {', '.join(urls)} ({'API key required' if auth else 'no API key'})", file=sys.stderr, flush=True)
+    print(
+        f"medner api: /v1/extract at http://{a.host}:{a.port} -> {', '.join(urls)} ({'API key required' if auth else 'no API key'})",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=a.host, port=a.port, access_log=False, log_level="warning")
     return 0
 
@@ -160,8 +184,12 @@ def add_serve_commands(stages) -> None:
     e = stages.add_parser("extract", help="extract entities with a running server")
     e.add_argument("text", nargs="?", help="the text, or - for stdin (one text or JSON object per line)")
     e.add_argument("--file", help="a file with one text per line, or JSONL with 'text' (and 'id'); - for stdin")
-    e.add_argument("--url", action="append", help="server base URL (default: from the serve config, http://127.0.0.1:8000/v1); "
-                   "with --engine ray, repeat it for a pool of servers")
+    e.add_argument(
+        "--url",
+        action="append",
+        help="server base URL (default: from the serve config, http://127.0.0.1:8000/v1); "
+        "with --engine ray, repeat it for a pool of servers",
+    )
     e.add_argument("--model", help="served model name (default: the serve config's adapter name)")
     e.add_argument("--corpus", default="ncbi-disease", help="registered corpus: its labels, descriptions and language")
     e.add_argument("--labels", help="ad-hoc labels instead of a corpus: 'A,B' or JSON {label: description}")
@@ -172,16 +200,37 @@ def add_serve_commands(stages) -> None:
     e.add_argument("--concurrency", type=int, default=8, help="texts in flight at once")
     e.add_argument("--window-tokens", type=int, default=256, help="window cap for long texts (Qwen2.5 tokens)")
     e.add_argument("--max-tokens", type=int, help="cap on max_tokens per request (default: derived from the schema bound)")
-    e.add_argument("--grounded", nargs="?", const="ordered", default="ordered", choices=["ordered", "substring"],
-                   help="every mention a span of the input, by construction (the default: ordered, in order of appearance; substring: any span)")
-    e.add_argument("--no-grounded", dest="grounded", action="store_const", const=None,
-                   help="the plain answer schema: mentions may be any string (counted as ungrounded when not in the text)")
-    e.add_argument("--prompt-version", help="prompt templates to query with (default: the served model's trained version; another is refused)")
+    e.add_argument(
+        "--grounded",
+        nargs="?",
+        const="ordered",
+        default="ordered",
+        choices=["ordered", "substring"],
+        help="every mention a span of the input, by construction (the default: ordered, in order of appearance; substring: any span)",
+    )
+    e.add_argument(
+        "--no-grounded",
+        dest="grounded",
+        action="store_const",
+        const=None,
+        help="the plain answer schema: mentions may be any string (counted as ungrounded when not in the text)",
+    )
+    e.add_argument(
+        "--prompt-version", help="prompt templates to query with (default: the served model's trained version; another is refused)"
+    )
     e.add_argument("--out", help="write JSONL here instead of stdout")
     e.add_argument("--raw", action="store_true", help="include the raw model output")
-    e.add_argument("--format", choices=["labelstudio", "doccano", "brat"], help="write the results for review in an annotation tool instead of medner's JSONL")
-    e.add_argument("--engine", choices=["server", "ray"], default="server",
-                   help="ray: batch extraction of --file (JSONL) on Ray Data into --out DIR (part-*.jsonl; a rerun completes it)")
+    e.add_argument(
+        "--format",
+        choices=["labelstudio", "doccano", "brat"],
+        help="write the results for review in an annotation tool instead of medner's JSONL",
+    )
+    e.add_argument(
+        "--engine",
+        choices=["server", "ray"],
+        default="server",
+        help="ray: batch extraction of --file (JSONL) on Ray Data into --out DIR (part-*.jsonl; a rerun completes it)",
+    )
     e.add_argument("--address", help="--engine ray: an existing Ray cluster (default: start a local one)")
     e.add_argument("--base-model", help="--engine ray: run vLLM inside the Ray actors on this base model (instead of --url)")
     e.add_argument("--adapter", help="--engine ray with --base-model: the adapter (merged on a CPU-only machine)")
@@ -190,7 +239,9 @@ def add_serve_commands(stages) -> None:
     e.set_defaults(func=_extract)
 
     p = stages.add_parser("api", help="serve POST /v1/extract on its own port, backed by the vLLM server (and POST /predict with --tokcls)")
-    p.add_argument("--url", action="append", help="vLLM server base URL; repeat it for several replicas (requests spread over the healthy ones)")
+    p.add_argument(
+        "--url", action="append", help="vLLM server base URL; repeat it for several replicas (requests spread over the healthy ones)"
+    )
     p.add_argument("--model", help="served model name")
     p.add_argument("--serve-config")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: visible in process listings
@@ -203,7 +254,9 @@ def add_serve_commands(stages) -> None:
     p.add_argument("--max-label-chars", type=int, default=500, help="longest label or description (422 beyond)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request before 504")
     p.add_argument("--max-in-flight", type=int, default=128, help="requests extracted at once (429 beyond)")
-    p.add_argument("--tokcls", metavar="RUN_ADAPTER_DIR", help="also serve POST /predict from a `medner tokcls train` run (in process, no vLLM)")
+    p.add_argument(
+        "--tokcls", metavar="RUN_ADAPTER_DIR", help="also serve POST /predict from a `medner tokcls train` run (in process, no vLLM)"
+    )
     p.add_argument("--base", help="base model of the --tokcls run (default: the one in its run record)")
     p.add_argument("--tokcls-batch", type=int, default=16, help="most texts per forward batch for /predict")
     p.set_defaults(func=_api)

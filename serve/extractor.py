@@ -20,13 +20,29 @@ from medner.serve.client import ExtractClient
 
 
 class Extractor:
-    def __init__(self, url: str = "http://127.0.0.1:8000/v1", corpus: str | None = "ncbi-disease", labels: Sequence[str] | dict | None = None,
-                 lang: str = "en", model: str = "ner", grounded: bool | str = True, api_key: str | None = None,
-                 prompt_version: str | None = None, window_tokens: int = 256, concurrency: int = 8):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000/v1",
+        corpus: str | None = "ncbi-disease",
+        labels: Sequence[str] | dict | None = None,
+        lang: str = "en",
+        model: str = "ner",
+        grounded: bool | str = True,
+        api_key: str | None = None,
+        prompt_version: str | None = None,
+        window_tokens: int = 256,
+        concurrency: int = 8,
+    ):
         """``corpus``: a registered label set (its language too); or ``labels`` (names or {name: description}) with
         ``lang``. ``api_key``: default ``MEDNER_API_KEY``. The prompt version is the served model's trained one."""
-        self.client = ExtractClient(url, model, api_key=api_key or os.environ.get("MEDNER_API_KEY"), concurrency=concurrency,
-                                    window_tokens=window_tokens, grounded=grounded_mode(grounded))
+        self.client = ExtractClient(
+            url,
+            model,
+            api_key=api_key or os.environ.get("MEDNER_API_KEY"),
+            concurrency=concurrency,
+            window_tokens=window_tokens,
+            grounded=grounded_mode(grounded),
+        )
         self.client.check_server()
         c = get_corpus(corpus) if (corpus and not labels) else None
         self.task = task_for(c, labels, lang, prompt_version=self.client.task_version(prompt_version))

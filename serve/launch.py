@@ -73,8 +73,11 @@ class ServeSettings:
 
 def check_parallel(cfg: ServeSettings, gpus: int | None = None) -> list[str]:
     """vLLM's parallelism flags, or one clear error when this machine cannot hold them."""
-    sizes = {"tensor_parallel_size": cfg.tensor_parallel_size, "pipeline_parallel_size": cfg.pipeline_parallel_size,
-             "data_parallel_size": cfg.data_parallel_size}
+    sizes = {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "pipeline_parallel_size": cfg.pipeline_parallel_size,
+        "data_parallel_size": cfg.data_parallel_size,
+    }
     bad = [k for k, v in sizes.items() if v < 1]
     if bad:
         raise ValueError(f"{bad[0]} must be at least 1, not {sizes[bad[0]]}")
@@ -88,9 +91,17 @@ def check_parallel(cfg: ServeSettings, gpus: int | None = None) -> list[str]:
     if gpus < need:
         asked = " x ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)
         where = "this machine has no GPU" if gpus == 0 else f"this machine has {gpus} GPU(s)"
-        raise ValueError(f"{asked} needs {need} GPUs; {where}. Run several `medner serve` replicas behind one `medner api --url A --url B` instead")
-    return ["--tensor-parallel-size", str(cfg.tensor_parallel_size), "--pipeline-parallel-size", str(cfg.pipeline_parallel_size),
-            "--data-parallel-size", str(cfg.data_parallel_size)]
+        raise ValueError(
+            f"{asked} needs {need} GPUs; {where}. Run several `medner serve` replicas behind one `medner api --url A --url B` instead"
+        )
+    return [
+        "--tensor-parallel-size",
+        str(cfg.tensor_parallel_size),
+        "--pipeline-parallel-size",
+        str(cfg.pipeline_parallel_size),
+        "--data-parallel-size",
+        str(cfg.data_parallel_size),
+    ]
 
 
 def check_merge(cfg: ServeSettings) -> bool:
@@ -117,9 +128,19 @@ def engine_for(cfg: ServeSettings, model_dir: Path):
     merge = check_merge(cfg)
     # merged, or no adapter: one model per engine, under the adapter's name when there is an adapter
     name = cfg.adapter_name if (cfg.adapter and merge) else cfg.base_name
-    return engine_settings(model_dir, cfg.adapter, merge, cfg.max_model_len, served_name=name, lora_name=cfg.adapter_name,
-                           max_lora_rank=cfg.max_lora_rank, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
-                           enable_prefix_caching=cfg.enable_prefix_caching, block_size=cfg.block_size)
+    return engine_settings(
+        model_dir,
+        cfg.adapter,
+        merge,
+        cfg.max_model_len,
+        served_name=name,
+        lora_name=cfg.adapter_name,
+        max_lora_rank=cfg.max_lora_rank,
+        dtype=cfg.dtype,
+        max_num_seqs=cfg.max_num_seqs,
+        enable_prefix_caching=cfg.enable_prefix_caching,
+        block_size=cfg.block_size,
+    )
 
 
 def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:

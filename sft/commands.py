@@ -54,7 +54,9 @@ def _tokcls_train(a: argparse.Namespace) -> int:
 
 
 def add_tokcls_commands(stages) -> None:
-    tc = stages.add_parser("tokcls", help="token classification (Qwen2.5 + BIO head + LoRA), the classic baseline").add_subparsers(dest="action", required=True)
+    tc = stages.add_parser("tokcls", help="token classification (Qwen2.5 + BIO head + LoRA), the classic baseline").add_subparsers(
+        dest="action", required=True
+    )
     t = tc.add_parser("train", help="medner tokcls train --config FILE [key=value ...]")
     t.add_argument("--config", required=True)
     t.add_argument("overrides", nargs="*", help="key=value overrides of the config")

@@ -27,7 +27,9 @@ DEV_MAX_MODEL_LEN = 8192  # as eval's default max_model_len: the same plans as `
 def _all_empty(records: list[dict], preds: dict[str, dict]) -> bool:
     """Every reply parsed and empty while the gold has mentions (unparsed replies have their own alarm)."""
     gold = sum(len(r["entities"]) for r in records)
-    return gold > 0 and all(preds[r["id"]]["status"] == "ok" and not preds[r["id"]]["entities"] and not preds[r["id"]]["dropped"] for r in records)
+    return gold > 0 and all(
+        preds[r["id"]]["status"] == "ok" and not preds[r["id"]]["entities"] and not preds[r["id"]]["dropped"] for r in records
+    )
 
 
 class DevEvalCallback(TrainerCallback):
@@ -96,8 +98,17 @@ class DevEvalCallback(TrainerCallback):
 
             for name, records in self.records.items():
                 task = task_for(self.corpora[name], prompt_version=self.cfg.prompt_version)
-                predict(backend, records, task, write, self.cfg.window_tokens, self.cfg.dev_constrained, self.cfg.dev_max_new_tokens, warm_up=False,
-                        grounded=self.grounded)
+                predict(
+                    backend,
+                    records,
+                    task,
+                    write,
+                    self.cfg.window_tokens,
+                    self.cfg.dev_constrained,
+                    self.cfg.dev_max_new_tokens,
+                    warm_up=False,
+                    grounded=self.grounded,
+                )
                 gold += records
                 if len(self.records) > 1:
                     per_corpus[name] = score(records, {r["id"]: preds[r["id"]] for r in records}, bootstrap=0)["seqeval"]["micro"]["f1"]
@@ -129,8 +140,18 @@ class DevEvalCallback(TrainerCallback):
             row["dev_all_empty_corpora"] = empty_corpora
         self.history.append(row)
         state.log_history.append({"step": state.global_step, "dev_f1": row["dev_f1"], "dev_parse_rate": row["dev_parse_rate"]})
-        log.info("dev @ step %d: strict F1 %.4f (P %.3f R %.3f), parsed %d/%d, truncated %d, %d mentions predicted / %d gold",
-                 row["step"], row["dev_f1"], row["dev_precision"], row["dev_recall"], parsed_ok, n, row["dev_truncated"], predicted, gold_mentions)
+        log.info(
+            "dev @ step %d: strict F1 %.4f (P %.3f R %.3f), parsed %d/%d, truncated %d, %d mentions predicted / %d gold",
+            row["step"],
+            row["dev_f1"],
+            row["dev_precision"],
+            row["dev_recall"],
+            parsed_ok,
+            n,
+            row["dev_truncated"],
+            predicted,
+            gold_mentions,
+        )
         if self.best_f1 is None or row["dev_f1"] > self.best_f1:
             self.best_f1 = row["dev_f1"]
             model.save_pretrained(str(self.best_dir))
@@ -145,9 +166,13 @@ class DevEvalCallback(TrainerCallback):
         if row["dev_parse_rate"] < 0.5:
             out.append(f"step {row['step']}: only {row['dev_parse_rate']:.0%} of dev replies parse as schema-valid JSON")
         if row.get("dev_all_empty"):
-            out.append(f"step {row['step']}: every dev reply is empty although the dev subset has mentions (the model predicts no entities)")
+            out.append(
+                f"step {row['step']}: every dev reply is empty although the dev subset has mentions (the model predicts no entities)"
+            )
         elif row.get("dev_all_empty_corpora"):
-            out.append(f"step {row['step']}: every dev reply for {', '.join(row['dev_all_empty_corpora'])} is empty although its dev subset has mentions")
+            out.append(
+                f"step {row['step']}: every dev reply for {', '.join(row['dev_all_empty_corpora'])} is empty although its dev subset has mentions"
+            )
         if self.best_f1 and self.best_f1 > 0.2 and row["dev_f1"] < 0.5 * self.best_f1:
             out.append(f"step {row['step']}: dev F1 collapsed to {row['dev_f1']:.3f} from a best of {self.best_f1:.3f}")
         return out

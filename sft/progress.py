@@ -42,7 +42,7 @@ class WallClock(TrainerCallback):
         self.paused_s = 0.0
         self.stopped_by_budget = False
         self.total = 0.0
-        self.excluded = 0.0         # seconds of dev evaluation / snapshots inside the current step interval
+        self.excluded = 0.0  # seconds of dev evaluation / snapshots inside the current step interval
         self.segment_steps: list[float] = []
         self._last = None
 

@@ -35,8 +35,8 @@ def shuffled_length_groups(lengths: Sequence[int], group_size: int, seed: int, m
     mega = group_size * max(1, mega_steps)
     groups: list[list[int]] = []
     for start in range(0, len(order), mega):
-        chunk = sorted(order[start:start + mega], key=lambda i: lengths[i], reverse=True)
-        groups.extend(chunk[g:g + group_size] for g in range(0, len(chunk), group_size))
+        chunk = sorted(order[start : start + mega], key=lambda i: lengths[i], reverse=True)
+        groups.extend(chunk[g : g + group_size] for g in range(0, len(chunk), group_size))
     rng.shuffle(groups)
     if groups:
         longest = max(range(len(groups)), key=lambda g: max(lengths[i] for i in groups[g]))

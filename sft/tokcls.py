@@ -85,15 +85,36 @@ class TokClsSettings:
 
 
 # what a run cannot change and still be resumed
-RESUME_KEYS = ("model", "corpora", "train_split", "max_train_examples", "seed", "window_tokens", "label_subtoken", "echo", "class_weights",
-               "quantization", "dtype", "lora_r", "lora_alpha", "lora_target_modules", "batch_size", "grad_accum")
+RESUME_KEYS = (
+    "model",
+    "corpora",
+    "train_split",
+    "max_train_examples",
+    "seed",
+    "window_tokens",
+    "label_subtoken",
+    "echo",
+    "class_weights",
+    "quantization",
+    "dtype",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+    "batch_size",
+    "grad_accum",
+)
 
 
 def check_settings(cfg: TokClsSettings) -> None:
     if len(cfg.corpora) != 1:
         raise ConfigError(f"corpora: token classification trains one corpus's tag set, not {len(cfg.corpora)} ({', '.join(cfg.corpora)})")
-    choices = {"label_subtoken": ("first", "last"), "decode": ("argmax", "viterbi"), "class_weights": (None, "balanced"),
-               "quantization": ("nf4", "none"), "dtype": ("bfloat16", "float32")}
+    choices = {
+        "label_subtoken": ("first", "last"),
+        "decode": ("argmax", "viterbi"),
+        "class_weights": (None, "balanced"),
+        "quantization": ("nf4", "none"),
+        "dtype": ("bfloat16", "float32"),
+    }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join('null' if a is None else a for a in allowed)}, not {getattr(cfg, key)!r}")
@@ -158,11 +179,23 @@ class TokClsDevEval:
                 model.train()
         preds = {r["id"]: {"id": r["id"], **res} for r, res in zip(self.records, results)}
         micro = score(self.records, preds, bootstrap=0)["seqeval"]["micro"]
-        row = {"step": state.global_step, "dev_f1": micro["f1"], "dev_precision": micro["precision"], "dev_recall": micro["recall"],
-               "dev_examples": len(self.records)}
+        row = {
+            "step": state.global_step,
+            "dev_f1": micro["f1"],
+            "dev_precision": micro["precision"],
+            "dev_recall": micro["recall"],
+            "dev_examples": len(self.records),
+        }
         self.history.append(row)
         state.log_history.append({"step": state.global_step, "dev_f1": row["dev_f1"]})
-        log.info("dev @ step %d: strict F1 %.4f (P %.3f R %.3f) on %d records", row["step"], row["dev_f1"], row["dev_precision"], row["dev_recall"], len(self.records))
+        log.info(
+            "dev @ step %d: strict F1 %.4f (P %.3f R %.3f) on %d records",
+            row["step"],
+            row["dev_f1"],
+            row["dev_precision"],
+            row["dev_recall"],
+            len(self.records),
+        )
         if self.best_f1 is None or row["dev_f1"] > self.best_f1:
             self.best_f1 = row["dev_f1"]
             best = self.out / "best"
@@ -222,25 +255,49 @@ def train(cfg: TokClsSettings) -> Path:
     longest = max(len(f["input_ids"]) for f in features)
     mean_tokens = sum(len(f["input_ids"]) for f in features) / len(features)
     if main:
-        (out / "data_manifest.json").write_text(json.dumps({
-            "corpus": corpus.name, "train_records": len(train_records), "train_examples": len(features), "dev_records": len(dev_records),
-            "longest_example_tokens": longest, "mean_example_tokens": round(mean_tokens, 1), "labels": labels}, indent=2) + "\n")
-    log.info("data: %d training windows from %d records (longest %d sub-tokens), %d dev records", len(features), len(train_records), longest, len(dev_records))
+        (out / "data_manifest.json").write_text(
+            json.dumps(
+                {
+                    "corpus": corpus.name,
+                    "train_records": len(train_records),
+                    "train_examples": len(features),
+                    "dev_records": len(dev_records),
+                    "longest_example_tokens": longest,
+                    "mean_example_tokens": round(mean_tokens, 1),
+                    "labels": labels,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    log.info(
+        "data: %d training windows from %d records (longest %d sub-tokens), %d dev records",
+        len(features),
+        len(train_records),
+        longest,
+        len(dev_records),
+    )
 
     quant = None
     mode = "LoRA"
     if cfg.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+        )
         mode = "QLoRA (4-bit NF4)"
     model = load_token_classifier(model_dir, labels, cfg.dtype, device, quant)
     targets = cfg.lora_target_modules
     if targets in ("all-linear", ["all-linear"]):
         # every linear layer of the body; the head ("score") is trained in full (peft's modules_to_save for
         # TOKEN_CLS) and must not get LoRA too, as peft's all-linear would give it
-        targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("score")})
-    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="TOKEN_CLS")
+        targets = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("score")}
+        )
+    peft_cfg = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="TOKEN_CLS"
+    )
     model = get_peft_model(model, peft_cfg)
     # the head (peft's modules_to_save copy) learns in float32: bf16 rounding would swallow its small updates
     for name, module in model.named_modules():
@@ -264,7 +321,12 @@ def train(cfg: TokClsSettings) -> Path:
             "echo": cfg.echo,
             "decode": cfg.decode,
             "dtype": cfg.dtype,
-            "base_model": {"source": cfg.model, "path": str(model_dir), "weights_sha256": weights_hash(model_dir), "tokenizer_sha256": tokenizer_hash(model_dir)},
+            "base_model": {
+                "source": cfg.model,
+                "path": str(model_dir),
+                "weights_sha256": weights_hash(model_dir),
+                "tokenizer_sha256": tokenizer_hash(model_dir),
+            },
             "training": {"mode": mode, "device": device, "steps": steps, "train_examples": len(features)},
         }
 
@@ -273,8 +335,21 @@ def train(cfg: TokClsSettings) -> Path:
         tokenizer.save_pretrained(str(folder))
 
     clock = WallClock(cfg.max_train_wall_s, pause_dir=out)
-    dev_eval = TokClsDevEval(dev_records, {"labels": labels, "lang": corpus.lang, "window_tokens": cfg.window_tokens, "batch_size": cfg.dev_batch_size,
-                                           "label_subtoken": cfg.label_subtoken, "echo": cfg.echo, "decode": cfg.decode}, out, clock, write_meta)
+    dev_eval = TokClsDevEval(
+        dev_records,
+        {
+            "labels": labels,
+            "lang": corpus.lang,
+            "window_tokens": cfg.window_tokens,
+            "batch_size": cfg.dev_batch_size,
+            "label_subtoken": cfg.label_subtoken,
+            "echo": cfg.echo,
+            "decode": cfg.decode,
+        },
+        out,
+        clock,
+        write_meta,
+    )
 
     class DevCallback(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -285,8 +360,13 @@ def train(cfg: TokClsSettings) -> Path:
             dev_eval(kw["model"], tokenizer, state)
 
     if world > 1 and main:
-        log.info("data-parallel: %d processes x batch_size %d x grad_accum %d = %d windows per optimizer step; each process trains on its shard",
-                 world, cfg.batch_size, cfg.grad_accum, cfg.batch_size * cfg.grad_accum * world)
+        log.info(
+            "data-parallel: %d processes x batch_size %d x grad_accum %d = %d windows per optimizer step; each process trains on its shard",
+            world,
+            cfg.batch_size,
+            cfg.grad_accum,
+            cfg.batch_size * cfg.grad_accum * world,
+        )
     weights = torch.tensor(balanced_weights(features, len(labels))) if cfg.class_weights == "balanced" else None
 
     class TokClsTrainer(Trainer):
@@ -296,19 +376,41 @@ def train(cfg: TokClsSettings) -> Path:
             y = inputs.pop("labels")
             outputs = model(**inputs)
             logits = outputs.logits.float()
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), weight=weights.to(logits.device), ignore_index=-100)
+            loss = torch.nn.functional.cross_entropy(
+                logits.view(-1, logits.size(-1)), y.view(-1), weight=weights.to(logits.device), ignore_index=-100
+            )
             return (loss, outputs) if return_outputs else loss
 
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     args = TrainingArguments(
-        output_dir=str(out), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
-        num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, bf16=use_bf16,
-        use_cpu=device == "cpu", report_to=[], dataloader_num_workers=0, disable_tqdm=False, remove_unused_columns=False,
+        output_dir=str(out),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        bf16=use_bf16,
+        use_cpu=device == "cpu",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        remove_unused_columns=False,
     )
-    trainer = TokClsTrainer(model=model, args=args, train_dataset=Dataset.from_list(features),
-                            data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[clock, DevCallback()])
+    trainer = TokClsTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(features),
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        callbacks=[clock, DevCallback()],
+    )
     resume = latest_checkpoint(out)
     if resume:
         log.info("resuming from %s", resume.name)
@@ -326,10 +428,23 @@ def train(cfg: TokClsSettings) -> Path:
     examples_per_step = cfg.batch_size * cfg.grad_accum * world
     summary = write_loss_curve(trainer.state.log_history, out, title="medner token classification")
     summary.update(
-        family=FAMILY, steps=trainer.state.global_step, train_wall_s=clock.total, stopped_by_budget=clock.stopped_by_budget, paused_s=clock.paused_s,
-        segment_wall_s=wall, dev_eval_s=dev_eval.seconds, train_examples=len(features), examples_seen=trainer.state.global_step * examples_per_step,
-        mean_example_tokens=round(mean_tokens, 1), mode=mode, device=device, dev=dev_eval.history, best_dev_f1=dev_eval.best_f1,
-        train_loss=getattr(result, "training_loss", None), world_size=world, examples_per_step=examples_per_step,
+        family=FAMILY,
+        steps=trainer.state.global_step,
+        train_wall_s=clock.total,
+        stopped_by_budget=clock.stopped_by_budget,
+        paused_s=clock.paused_s,
+        segment_wall_s=wall,
+        dev_eval_s=dev_eval.seconds,
+        train_examples=len(features),
+        examples_seen=trainer.state.global_step * examples_per_step,
+        mean_example_tokens=round(mean_tokens, 1),
+        mode=mode,
+        device=device,
+        dev=dev_eval.history,
+        best_dev_f1=dev_eval.best_f1,
+        train_loss=getattr(result, "training_loss", None),
+        world_size=world,
+        examples_per_step=examples_per_step,
     )
     if device == "cpu":
         import resource

@@ -132,15 +132,35 @@ def build_datasets(cfg: SFTSettings):
             if split == cfg.train_split:
                 pairs = []
                 for rec in records:
-                    for p in record_to_pairs(rec, corpus, count, max_window_tokens=cfg.window_tokens, prompt_version=cfg.prompt_version, rng=draw, mix=mix):
+                    for p in record_to_pairs(
+                        rec, corpus, count, max_window_tokens=cfg.window_tokens, prompt_version=cfg.prompt_version, rng=draw, mix=mix
+                    ):
                         p["corpus"] = name
                         pairs.append(p)
                 train.extend(pairs)
-                manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": _sha256(path), "records": len(records), "pairs": len(pairs)})
+                manifest.append(
+                    {
+                        "corpus": name,
+                        "split": split,
+                        "file": str(path),
+                        "sha256": _sha256(path),
+                        "records": len(records),
+                        "pairs": len(pairs),
+                    }
+                )
             else:
                 # the first dev_examples records in file order: the records `medner eval run split=dev limit=N` takes
                 dev[name] = records[: cfg.dev_examples] if cfg.dev_examples is not None else records
-                manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": _sha256(path), "records": len(records), "dev_records_evaluated": len(dev[name])})
+                manifest.append(
+                    {
+                        "corpus": name,
+                        "split": split,
+                        "file": str(path),
+                        "sha256": _sha256(path),
+                        "records": len(records),
+                        "dev_records_evaluated": len(dev[name]),
+                    }
+                )
     rng = random.Random(cfg.seed)
     rng.shuffle(train)
     if cfg.max_empty_fraction is not None:
@@ -205,13 +225,30 @@ def check_lengths(pairs: list[dict], tokenizer, max_length: int) -> tuple[int, f
         if n > longest:
             longest, worst = n, p["id"]
     if longest > max_length:
-        raise ConfigError(f"training example {worst} is {longest} tokens, longer than max_length={max_length}; raise max_length or lower window_tokens")
+        raise ConfigError(
+            f"training example {worst} is {longest} tokens, longer than max_length={max_length}; raise max_length or lower window_tokens"
+        )
     return longest, total / max(1, len(pairs))
 
 
 # what a run cannot change and still be resumed: the data, the prompts, the model and the adapter's shape
-RESUME_KEYS = ("model", "corpora", "train_split", "max_train_examples", "max_empty_fraction", "seed", "prompt_version", "instruction_mix", "window_tokens",
-               "quantization", "lora_r", "lora_alpha", "lora_target_modules", "batch_size", "grad_accum")
+RESUME_KEYS = (
+    "model",
+    "corpora",
+    "train_split",
+    "max_train_examples",
+    "max_empty_fraction",
+    "seed",
+    "prompt_version",
+    "instruction_mix",
+    "window_tokens",
+    "quantization",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+    "batch_size",
+    "grad_accum",
+)
 
 
 def check_resumable(cfg, out: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
@@ -224,8 +261,10 @@ def check_resumable(cfg, out: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None
     old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
     changed = [k for k in keys if k in old and old[k] != getattr(cfg, k)]
     if changed:
-        raise ConfigError(f"{out} holds checkpoints of another setup ({', '.join(f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
-                          "use another output_dir, or delete it to start over")
+        raise ConfigError(
+            f"{out} holds checkpoints of another setup ({', '.join(f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
+            "use another output_dir, or delete it to start over"
+        )
 
 
 def pick_device(cfg: SFTSettings) -> str:
@@ -338,17 +377,34 @@ def train(cfg: SFTSettings) -> Path:
     if not main:
         dev_records = {}  # dev evaluation runs in the main process only
     else:
-        (out / "data_manifest.json").write_text(json.dumps({"train_examples": len(train_pairs), "dev_records": sum(len(v) for v in dev_records.values()), "longest_example_tokens": longest,
-                                                            "mean_example_tokens": round(mean_tokens, 1), "prompt_version": cfg.prompt_version,
-                                                            "instruction_mix": cfg.instruction_mix, "styles": style_counts(train_pairs), "files": manifest}, indent=2) + "\n")
-    log.info("data: %d training pairs (longest %d tokens), %d dev records", len(train_pairs), longest, sum(len(v) for v in dev_records.values()))
+        (out / "data_manifest.json").write_text(
+            json.dumps(
+                {
+                    "train_examples": len(train_pairs),
+                    "dev_records": sum(len(v) for v in dev_records.values()),
+                    "longest_example_tokens": longest,
+                    "mean_example_tokens": round(mean_tokens, 1),
+                    "prompt_version": cfg.prompt_version,
+                    "instruction_mix": cfg.instruction_mix,
+                    "styles": style_counts(train_pairs),
+                    "files": manifest,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    log.info(
+        "data: %d training pairs (longest %d tokens), %d dev records", len(train_pairs), longest, sum(len(v) for v in dev_records.values())
+    )
     ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["completion"]} for p in train_pairs])
 
     model, mode = load_model(cfg, model_dir, device)
     attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if cfg.padding_free and not str(attn).startswith("flash_attention"):
-        raise ConfigError(f"padding_free=true needs FlashAttention; this model runs {attn} attention, where the flattened examples "
-                          "would attend to each other; use group_by_length=true to cut padding instead")
+        raise ConfigError(
+            f"padding_free=true needs FlashAttention; this model runs {attn} attention, where the flattened examples "
+            "would attend to each other; use group_by_length=true to cut padding instead"
+        )
     peft_cfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -387,18 +443,39 @@ def train(cfg: SFTSettings) -> Path:
         disable_tqdm=False,
         include_num_input_tokens_seen=True,
     )
+
     def record_for(steps: int) -> dict:
         return {
             "medner_run": 1,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "prompt_version": cfg.prompt_version,
             "prompt_template_sha256": template_hash(cfg.prompt_version),
-            "corpora": {n: {"lang": c.lang, "labels": c.label_names, "schema_sha256": schema_hash(c.label_names),
-                            "synonyms": {lab.name: dict(lab.synonyms) for lab in c.labels}} for n, c in corpora.items()},
-            "instructions": ({"version": INSTRUCTION_VERSION, "pool_sha256": load_pool().sha256, "mix": cfg.instruction_mix,
-                              "styles": style_counts(train_pairs)} if cfg.instruction_mix else None),
+            "corpora": {
+                n: {
+                    "lang": c.lang,
+                    "labels": c.label_names,
+                    "schema_sha256": schema_hash(c.label_names),
+                    "synonyms": {lab.name: dict(lab.synonyms) for lab in c.labels},
+                }
+                for n, c in corpora.items()
+            },
+            "instructions": (
+                {
+                    "version": INSTRUCTION_VERSION,
+                    "pool_sha256": load_pool().sha256,
+                    "mix": cfg.instruction_mix,
+                    "styles": style_counts(train_pairs),
+                }
+                if cfg.instruction_mix
+                else None
+            ),
             "window_tokens": cfg.window_tokens,
-            "base_model": {"source": cfg.model, "path": str(model_dir), "weights_sha256": weights_hash(model_dir), "tokenizer_sha256": tokenizer_hash(model_dir)},
+            "base_model": {
+                "source": cfg.model,
+                "path": str(model_dir),
+                "weights_sha256": weights_hash(model_dir),
+                "tokenizer_sha256": tokenizer_hash(model_dir),
+            },
             "training": {"mode": mode, "device": device, "steps": steps, "train_examples": len(train_pairs)},
         }
 
@@ -409,8 +486,16 @@ def train(cfg: SFTSettings) -> Path:
     clock = WallClock(cfg.max_train_wall_s, pause_dir=out)
     examples_per_step = cfg.batch_size * cfg.grad_accum * world
     if world > 1 and main:
-        log.info("data-parallel: %d processes x batch_size %d x grad_accum %d = %d examples per optimizer step (learning rate %g per step); "
-                 "each process trains on its shard of the %d pairs", world, cfg.batch_size, cfg.grad_accum, examples_per_step, cfg.learning_rate, len(train_pairs))
+        log.info(
+            "data-parallel: %d processes x batch_size %d x grad_accum %d = %d examples per optimizer step (learning rate %g per step); "
+            "each process trains on its shard of the %d pairs",
+            world,
+            cfg.batch_size,
+            cfg.grad_accum,
+            examples_per_step,
+            cfg.learning_rate,
+            len(train_pairs),
+        )
     dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg, clock=clock)
     callbacks = [clock, dev_cb]
     if cfg.curve_examples:
@@ -454,7 +539,8 @@ def train(cfg: SFTSettings) -> Path:
         prompt_version=cfg.prompt_version,
         world_size=world,
         examples_per_step=examples_per_step,
-        train_tokens=int(trainer.state.num_input_tokens_seen or 0) - int(getattr(dev_cb, "tokens_at_start", None) or 0),  # this invocation only
+        train_tokens=int(trainer.state.num_input_tokens_seen or 0)
+        - int(getattr(dev_cb, "tokens_at_start", None) or 0),  # this invocation only
         mode=mode,
         device=device,
         dev=dev_cb.history,

@@ -13,8 +13,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def run_medner(*args: str, check: bool = False, timeout: int = 900, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """Run the real console command (as a user would) and capture its output."""
     proc = subprocess.run(
-        [sys.executable, "-m", "medner.cli", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, **kw,
+        [sys.executable, "-m", "medner.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        **kw,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"medner {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -40,7 +44,16 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_run(tiny_model, tmp_path_factory) -> Path:
     """A tiny SFT run (8 steps of the tiny config), shared by the SFT, serve and eval tests."""
     out = tmp_path_factory.mktemp("runs") / "sft-tiny"
-    run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={out}", "max_steps=8", check=True)
+    run_medner(
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={out}",
+        "max_steps=8",
+        check=True,
+    )
     return out
 
 
@@ -95,5 +108,7 @@ def vllm_server(tiny_model, strong_adapter, tmp_path_factory):
     """One real vLLM server for all serving and eval tests: the tiny model with the strong adapter,
     merged and served alone as "ner" (the CPU build's rule)."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with medner_server(ROOT / "serve/configs/tiny.yaml", [f"model={tiny_model}", f"adapter={strong_adapter}"], log=log, timeout_s=600) as url:
+    with medner_server(
+        ROOT / "serve/configs/tiny.yaml", [f"model={tiny_model}", f"adapter={strong_adapter}"], log=log, timeout_s=600
+    ) as url:
         yield url

@@ -80,18 +80,33 @@ def test_hf_vllm_and_server_give_the_same_replies(tiny_model, agree_adapter, tmp
     raw = {}
 
     def ev(name, args):
-        run_medner("eval", "run", "--config", CFG, "corpus=ncbi-disease", "split=test", "limit=16", "bootstrap=0", *args, f"out={tmp_path / name}", check=True)
+        run_medner(
+            "eval",
+            "run",
+            "--config",
+            CFG,
+            "corpus=ncbi-disease",
+            "split=test",
+            "limit=16",
+            "bootstrap=0",
+            *args,
+            f"out={tmp_path / name}",
+            check=True,
+        )
         raw[name] = _raw(tmp_path / name)
 
     for name, args in runs.items():
         ev(name, args)
-    with medner_server(ROOT / "serve/configs/tiny.yaml", [f"model={tiny_model}", f"adapter={agree_adapter}"], log=tmp_path / "serve.log", timeout_s=600) as url:
+    with medner_server(
+        ROOT / "serve/configs/tiny.yaml", [f"model={tiny_model}", f"adapter={agree_adapter}"], log=tmp_path / "serve.log", timeout_s=600
+    ) as url:
         ev("server", [f"url={url}", "served_model=ner"])
     ids = sorted(raw["base"])
     same = lambda a, b: sum(raw[a][i] == raw[b][i] for i in ids)  # noqa: E731
     assert len(ids) == 16
     # the adapter changes replies, so agreement below is not the agreement of empty answers
     assert 16 - same("vllm", "base") >= 3, raw
+
     # bf16 kernels differ between transformers and vLLM, and a random tiny model has flat logits: near-ties
     # flip somewhere in its long replies, so whole replies are not 16 of 16 equal (the real-model benchmark
     # holds the strict figure). What a different format, prompt or adapter would break is the start: every
@@ -110,11 +125,38 @@ def test_hf_vllm_and_server_give_the_same_replies(tiny_model, agree_adapter, tmp
 @pytest.mark.slow
 def test_sft_dev_evaluation_is_the_hf_backend(tiny_model, tmp_path):
     out = tmp_path / "run"
-    run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={out}",
-               "max_steps=3", "quantization=none", "dev_examples=6", "dev_batch_size=6", "dev_max_new_tokens=48", check=True)
+    run_medner(
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={out}",
+        "max_steps=3",
+        "quantization=none",
+        "dev_examples=6",
+        "dev_batch_size=6",
+        "dev_max_new_tokens=48",
+        check=True,
+    )
     dev = {json.loads(l)["id"]: json.loads(l)["raw"] for l in (out / "dev" / "step-3" / "predictions.jsonl").open()}
-    run_medner("eval", "run", "--config", CFG, "backend=hf", f"model={tiny_model}", f"adapter={out / 'adapter'}", "merge=false",
-               "split=dev", "limit=6", "batch_size=6", "max_tokens=48", "bootstrap=0", f"out={tmp_path / 'hf'}", check=True)
+    run_medner(
+        "eval",
+        "run",
+        "--config",
+        CFG,
+        "backend=hf",
+        f"model={tiny_model}",
+        f"adapter={out / 'adapter'}",
+        "merge=false",
+        "split=dev",
+        "limit=6",
+        "batch_size=6",
+        "max_tokens=48",
+        "bootstrap=0",
+        f"out={tmp_path / 'hf'}",
+        check=True,
+    )
     hf = {json.loads(l)["id"]: json.loads(l)["raw"] for l in (tmp_path / "hf" / "predictions.jsonl").open()}
     assert sorted(dev) == sorted(hf) and len(dev) == 6
     assert dev == hf

@@ -13,7 +13,9 @@ BODY = {"text": "Aspirin-induced asthma.", "corpus": "ncbi-disease"}
 def api():
     from medner.serve.api import Limits, create_app
 
-    app = create_app(f"http://127.0.0.1:{free_port()}/v1", "ner", auth_key=KEY, limits=Limits(max_text_chars=1000, max_labels=3, max_label_chars=20))
+    app = create_app(
+        f"http://127.0.0.1:{free_port()}/v1", "ner", auth_key=KEY, limits=Limits(max_text_chars=1000, max_labels=3, max_label_chars=20)
+    )
     with TestClient(app) as c:
         yield c
 

@@ -22,8 +22,10 @@ def test_snapshots_are_ordered_and_the_final_adapter_joins_once(tmp_path):
 
 
 def test_curve_plot_is_written(tmp_path):
-    rows = [{"examples": 256, "train_wall_s": 350.0, "dev_f1": 0.41, "dev_f1_ci95": [0.37, 0.45]},
-            {"examples": 504, "train_wall_s": 700.0, "dev_f1": 0.55, "dev_f1_ci95": [0.51, 0.59]}]
+    rows = [
+        {"examples": 256, "train_wall_s": 350.0, "dev_f1": 0.41, "dev_f1_ci95": [0.37, 0.45]},
+        {"examples": 504, "train_wall_s": 700.0, "dev_f1": 0.55, "dev_f1_ci95": [0.51, 0.59]},
+    ]
     out = tmp_path / "curve.png"
     plot(rows, "ncbi-disease", out, "title")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
@@ -47,9 +49,16 @@ def test_accuracy_refuses_bad_runs_and_variants_before_any_work(tmp_path):
 
     from conftest import ROOT
 
-    for args, fragment in ((["--runs", "plain,bogus"], "--runs: a comma-separated choice of plain, free, grounded"),
-                           (["--variant", "A B"], "--variant: lower-case letters")):
-        proc = subprocess.run([sys.executable, "-m", "bench.accuracy", "--model", "no-such-model", "--run-dir", str(tmp_path), *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    for args, fragment in (
+        (["--runs", "plain,bogus"], "--runs: a comma-separated choice of plain, free, grounded"),
+        (["--variant", "A B"], "--variant: lower-case letters"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.accuracy", "--model", "no-such-model", "--run-dir", str(tmp_path), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 1 and fragment in proc.stderr, proc.stderr
         assert not any(tmp_path.iterdir())  # nothing started

@@ -25,7 +25,11 @@ def _settings(stage: str, name: str = ""):
     return EvalSettings
 
 
-@pytest.mark.parametrize("path", sorted(p for stage in ("sft", "serve", "eval") for p in (ROOT / stage / "configs").glob("*.yaml")), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for stage in ("sft", "serve", "eval") for p in (ROOT / stage / "configs").glob("*.yaml")),
+    ids=lambda p: f"{p.parent.parent.name}/{p.name}",
+)
 def test_shipped_config_loads(path):
     from medner.config import load_config
 
@@ -56,7 +60,9 @@ def test_bad_merge_value_is_refused_in_one_line(tmp_path):
 def test_bad_tokcls_decode_is_refused_in_one_line(tmp_path):
     from conftest import run_medner
 
-    proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", "tokcls_decode=beam", f"out={tmp_path}")
+    proc = run_medner(
+        "eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", "tokcls_decode=beam", f"out={tmp_path}"
+    )
     assert proc.returncode == 1 and "tokcls_decode must be argmax, viterbi or null" in proc.stderr
     assert not (tmp_path / "predictions.jsonl").exists()
 

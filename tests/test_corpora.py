@@ -36,7 +36,7 @@ def test_counts_and_bio_round_trip(registry, corpus, split):
         assert rec["tokens"] == sent.tokens
         assert [rec["text"][s:e] for s, e in rec["token_offsets"]] == sent.tokens
         for e in rec["entities"]:
-            assert rec["text"][e["start"]:e["end"]] == e["text"]
+            assert rec["text"][e["start"] : e["end"]] == e["text"]
         assert record_tags(rec) == [t.replace("_", "-", 1) for t in sent.tags]
 
 

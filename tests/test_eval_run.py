@@ -22,7 +22,7 @@ def check_run(out, n, fresh=None):
         assert p["status"] in ("ok", "truncated", "invalid_json", "schema_violation", "error")
         assert "raw" in p and "finish_reason" in p and "latency_s" in p
         for e in p["entities"]:
-            assert p["text"][e["start"]:e["end"]] == e["text"]
+            assert p["text"][e["start"] : e["end"]] == e["text"]
     # throughput covers the records predicted by this invocation only
     assert rep["throughput"]["records"] == (n if fresh is None else fresh) and rep["throughput"]["records_per_s"] > 0
     assert (out / "report.md").is_file() and (out / "per_type_f1.png").is_file() and (out / "config.resolved.yaml").is_file()
@@ -51,7 +51,9 @@ def test_resume_refuses_predictions_of_another_setup(tmp_path):
 
 def test_eval_unconstrained_counts_every_failed_reply(vllm_server, tmp_path):
     out = tmp_path / "free"
-    run_medner("eval", "run", "--config", CFG, f"url={vllm_server}", "constrained=false", "max_tokens=16", "limit=5", f"out={out}", check=True)
+    run_medner(
+        "eval", "run", "--config", CFG, f"url={vllm_server}", "constrained=false", "max_tokens=16", "limit=5", f"out={out}", check=True
+    )
     rep, preds = check_run(out, 5)
     # free decoding from a random model: the replies are not valid answers, and the report counts them
     fails = sum(rep["failures"][k]["count"] for k in ("invalid_json", "schema_violation", "truncated"))
@@ -60,7 +62,19 @@ def test_eval_unconstrained_counts_every_failed_reply(vllm_server, tmp_path):
 
 def test_eval_offline_vllm_engine(tiny_model, tiny_adapter, tmp_path):
     out = tmp_path / "offline"
-    run_medner("eval", "run", "--config", CFG, "backend=vllm", f"model={tiny_model}", f"adapter={tiny_adapter}", "limit=20", "kv_cache_gib=1", f"out={out}", check=True)
+    run_medner(
+        "eval",
+        "run",
+        "--config",
+        CFG,
+        "backend=vllm",
+        f"model={tiny_model}",
+        f"adapter={tiny_adapter}",
+        "limit=20",
+        "kv_cache_gib=1",
+        f"out={out}",
+        check=True,
+    )
     rep, preds = check_run(out, 20)
     assert rep["throughput"]["backend"] == "vllm"
     assert all(p["finish_reason"] == "stop" for p in preds)  # bounded schema: every reply ends by itself
@@ -68,13 +82,37 @@ def test_eval_offline_vllm_engine(tiny_model, tiny_adapter, tmp_path):
 
 def test_eval_transformers_backend_with_schema(tiny_model, tiny_adapter, tmp_path):
     out = tmp_path / "hf"
-    run_medner("eval", "run", "--config", CFG, "backend=hf", f"model={tiny_model}", f"adapter={tiny_adapter}", "limit=4", "batch_size=4", "max_tokens=64", f"out={out}", check=True)
+    run_medner(
+        "eval",
+        "run",
+        "--config",
+        CFG,
+        "backend=hf",
+        f"model={tiny_model}",
+        f"adapter={tiny_adapter}",
+        "limit=4",
+        "batch_size=4",
+        "max_tokens=64",
+        f"out={out}",
+        check=True,
+    )
     rep, preds = check_run(out, 4)
     assert rep["failures"]["invalid_json"]["count"] == 0 and rep["failures"]["schema_violation"]["count"] == 0
 
 
 def test_eval_refuses_adapter_for_another_label_set(tiny_model, tiny_adapter, tmp_path):
-    proc = run_medner("eval", "run", "--config", CFG, "backend=hf", f"model={tiny_model}", f"adapter={tiny_adapter}", "corpus=cmedqaner", "limit=2", f"out={tmp_path}")
+    proc = run_medner(
+        "eval",
+        "run",
+        "--config",
+        CFG,
+        "backend=hf",
+        f"model={tiny_model}",
+        f"adapter={tiny_adapter}",
+        "corpus=cmedqaner",
+        "limit=2",
+        f"out={tmp_path}",
+    )
     assert proc.returncode == 1 and "not on 'cmedqaner'" in proc.stderr
 
 
@@ -122,9 +160,24 @@ def test_sigterm_stops_the_offline_engine_with_the_command(tiny_model, tiny_adap
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "medner.cli", "eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=vllm",
-                             f"model={tiny_model}", f"adapter={tiny_adapter}", "split=train", f"out={tmp_path}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medner.cli",
+            "eval",
+            "run",
+            "--config",
+            str(ROOT / "eval/configs/default.yaml"),
+            "backend=vllm",
+            f"model={tiny_model}",
+            f"adapter={tiny_adapter}",
+            "split=train",
+            f"out={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not _children(proc.pid):  # the engine core starts in a child process
         assert proc.poll() is None, "eval ended before it could be stopped"

@@ -53,23 +53,35 @@ def test_empty_predictions_give_recall_zero(registry):
 
 TEXT = "flu and cold and flu in adults with gout"
 OFFS = [(0, 3), (4, 7), (8, 12), (13, 16), (17, 20), (21, 23), (24, 30), (31, 35), (36, 40)]
-GOLD = [rec("r1", TEXT, OFFS, [
-    {"text": "flu", "type": "D", "start": 0, "end": 3},
-    {"text": "cold", "type": "D", "start": 8, "end": 12},
-    {"text": "flu", "type": "D", "start": 17, "end": 20},
-    {"text": "adults", "type": "P", "start": 24, "end": 30},
-    {"text": "gout", "type": "D", "start": 36, "end": 40},
-])]
+GOLD = [
+    rec(
+        "r1",
+        TEXT,
+        OFFS,
+        [
+            {"text": "flu", "type": "D", "start": 0, "end": 3},
+            {"text": "cold", "type": "D", "start": 8, "end": 12},
+            {"text": "flu", "type": "D", "start": 17, "end": 20},
+            {"text": "adults", "type": "P", "start": 24, "end": 30},
+            {"text": "gout", "type": "D", "start": 36, "end": 40},
+        ],
+    )
+]
 
 
 def test_hand_worked_example():
     # tp: flu@0 (D), gout (D); fp: cold as P (wrong type), "and cold" (wrong boundary); fn: cold, flu@17, adults
-    pred = {"r1": {"id": "r1", "entities": [
-        {"text": "flu", "type": "D", "start": 0, "end": 3},
-        {"text": "cold", "type": "P", "start": 8, "end": 12},
-        {"text": "gout", "type": "D", "start": 36, "end": 40},
-        {"text": "and", "type": "D", "start": 13, "end": 16},
-    ]}}
+    pred = {
+        "r1": {
+            "id": "r1",
+            "entities": [
+                {"text": "flu", "type": "D", "start": 0, "end": 3},
+                {"text": "cold", "type": "P", "start": 8, "end": 12},
+                {"text": "gout", "type": "D", "start": 36, "end": 40},
+                {"text": "and", "type": "D", "start": 13, "end": 16},
+            ],
+        }
+    }
     r = score(GOLD, pred, bootstrap=0)
     m = r["seqeval"]["micro"]
     assert (m["precision"], m["recall"]) == (2 / 4, 2 / 5)
@@ -89,10 +101,15 @@ def test_duplicated_gold_mention_predicted_once_is_one_tp_one_fn():
 
 
 def test_partial_matches_and_overlaps_counted():
-    pred = {"r1": {"id": "r1", "entities": [
-        {"text": "flu and cold", "type": "D", "start": 0, "end": 12},  # overlaps flu and cold: one partial
-        {"text": "cold", "type": "D", "start": 8, "end": 12},  # BIO cannot hold both: resolved
-    ]}}
+    pred = {
+        "r1": {
+            "id": "r1",
+            "entities": [
+                {"text": "flu and cold", "type": "D", "start": 0, "end": 12},  # overlaps flu and cold: one partial
+                {"text": "cold", "type": "D", "start": 8, "end": 12},  # BIO cannot hold both: resolved
+            ],
+        }
+    }
     r = score(GOLD, pred, bootstrap=0)
     assert r["overlapping_predictions_resolved"] == 1
     assert r["spans"]["exact"]["tp"] == 1 and r["spans"]["partial"]["tp"] == 2
@@ -120,8 +137,12 @@ def test_bootstrap_interval_brackets_the_score(registry):
 
 @pytest.mark.parametrize(
     "line,fragment",
-    [('{"id": "zzz", "entities": []}', "unknown id 'zzz'"), ("not json", "not valid JSON"),
-     ('{"id": "r2", "entities": [{"text": 1}]}', "entities[0]"), ('{"entities": []}', "missing string field 'id'")],
+    [
+        ('{"id": "zzz", "entities": []}', "unknown id 'zzz'"),
+        ("not json", "not valid JSON"),
+        ('{"id": "r2", "entities": [{"text": 1}]}', "entities[0]"),
+        ('{"entities": []}', "missing string field 'id'"),
+    ],
 )
 def test_bad_prediction_lines_name_file_and_line(tmp_path, line, fragment):
     p = tmp_path / "p.jsonl"
@@ -170,13 +191,15 @@ def test_report_html_shows_errors_as_highlighted_sentences_and_no_text_hides_the
     from medner.eval.score import score
 
     recs = [r for r in convert(get_corpus("ncbi-disease"), "test")[:30] if r["entities"]][:6]
-    preds = {r["id"]: {"id": r["id"], "text": r["text"], "status": "ok", "entities": r["entities"][1:]} for r in recs}  # the first mention missed
+    preds = {
+        r["id"]: {"id": r["id"], "text": r["text"], "status": "ok", "entities": r["entities"][1:]} for r in recs
+    }  # the first mention missed
     rep = score(recs, preds, bootstrap=0)
     write_report(rep, tmp_path / "a", records=recs, preds=preds)
     page = (tmp_path / "a" / "report.html").read_text()
     first = recs[0]["entities"][0]
     assert page.startswith("<!doctype html>") and f'id="{recs[0]["id"]}"' in page
-    assert f'<mark class="fn" title="Disease [{first["start"]}, {first["end"]})">' in page and 'per_type_f1.png' in page
+    assert f'<mark class="fn" title="Disease [{first["start"]}, {first["end"]})">' in page and "per_type_f1.png" in page
     assert "http://" not in page and "https://" not in page
     write_report(rep, tmp_path / "b", with_text=False, records=recs, preds=preds)
     hidden = (tmp_path / "b" / "report.html").read_text()

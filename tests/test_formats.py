@@ -16,13 +16,16 @@ LABELS = ["Chemical", "Disease"]
 
 
 def _ents(recs):
-    return [(r["text"][e["start"]:e["end"]], e["text"], e["type"]) for r in recs for e in r["entities"]]
+    return [(r["text"][e["start"] : e["end"]], e["text"], e["type"]) for r in recs for e in r["entities"]]
 
 
 def test_doccano_both_shapes_and_chinese(tmp_path):
     f, z = tmp_path / "a.jsonl", tmp_path / "z.jsonl"
     f.write_text(json.dumps({"text": EN, "label": [list(s) for s in EN_SPANS]}) + "\n\n")
-    z.write_text(json.dumps({"text": ZH, "entities": [{"start_offset": a, "end_offset": b, "label": l} for a, b, l in ZH_SPANS]}, ensure_ascii=False) + "\n")
+    z.write_text(
+        json.dumps({"text": ZH, "entities": [{"start_offset": a, "end_offset": b, "label": l} for a, b, l in ZH_SPANS]}, ensure_ascii=False)
+        + "\n"
+    )
     en = read_annotated(f, "doccano", "en", LABELS, "t")
     assert [e[1] for e in _ents(en)] == ["Aspirin", "asthma", "hypertension", "asthma"]
     assert all(a == b for a, b, _ in _ents(en))
@@ -34,7 +37,12 @@ def test_doccano_both_shapes_and_chinese(tmp_path):
 
 def test_off_boundary_unknown_label_and_bad_span_are_placed(tmp_path):
     f = tmp_path / "off.jsonl"
-    f.write_text(json.dumps({"text": "x"}) + "\n" + json.dumps({"text": "An asthmatic child.", "label": [[3, 9, "Disease"], [13, 18, "Gene"], [5, 99, "Disease"]]}) + "\n")
+    f.write_text(
+        json.dumps({"text": "x"})
+        + "\n"
+        + json.dumps({"text": "An asthmatic child.", "label": [[3, 9, "Disease"], [13, 18, "Gene"], [5, 99, "Disease"]]})
+        + "\n"
+    )
     with pytest.raises(BioError) as e:
         read_annotated(f, "doccano", "en", LABELS, "t")
     msgs = [str(p) for p in e.value.problems]
@@ -43,9 +51,23 @@ def test_off_boundary_unknown_label_and_bad_span_are_placed(tmp_path):
 
 
 def test_labelstudio_tasks_are_placed_by_line(tmp_path):
-    tasks = [{"id": 1, "data": {"text": EN}, "annotations": [{"result": [
-        {"type": "labels", "value": {"start": a, "end": b, "labels": [l]}} for a, b, l in EN_SPANS] + [{"type": "choices", "value": {}}]}]},
-        {"id": 2, "data": {"text": "An asthmatic child."}, "annotations": [{"result": [{"type": "labels", "value": {"start": 3, "end": 9, "labels": ["Disease"]}}]}]}]
+    tasks = [
+        {
+            "id": 1,
+            "data": {"text": EN},
+            "annotations": [
+                {
+                    "result": [{"type": "labels", "value": {"start": a, "end": b, "labels": [l]}} for a, b, l in EN_SPANS]
+                    + [{"type": "choices", "value": {}}]
+                }
+            ],
+        },
+        {
+            "id": 2,
+            "data": {"text": "An asthmatic child."},
+            "annotations": [{"result": [{"type": "labels", "value": {"start": 3, "end": 9, "labels": ["Disease"]}}]}],
+        },
+    ]
     f = tmp_path / "ls.json"
     f.write_text(json.dumps(tasks, indent=1))
     with pytest.raises(BioError) as e:
@@ -58,7 +80,9 @@ def test_labelstudio_tasks_are_placed_by_line(tmp_path):
 
 def test_brat_with_a_discontinuous_entity(tmp_path, caplog):
     (tmp_path / "d1.txt").write_text(EN)
-    (tmp_path / "d1.ann").write_text("T1\tChemical 0 7\tAspirin\nT2\tDisease 16 22;67 73\tasthma asthma\nR1\tCause Arg1:T1 Arg2:T3\nT3\tDisease 50 62\thypertension\n")
+    (tmp_path / "d1.ann").write_text(
+        "T1\tChemical 0 7\tAspirin\nT2\tDisease 16 22;67 73\tasthma asthma\nR1\tCause Arg1:T1 Arg2:T3\nT3\tDisease 50 62\thypertension\n"
+    )
     recs = read_annotated(tmp_path, "brat", "en", LABELS, "b")
     assert [e["text"] for e in recs[0]["entities"]] == ["Aspirin", "hypertension"]
     assert "d1.ann:2: discontinuous entity skipped" in caplog.text
@@ -86,15 +110,18 @@ def test_round_trip_loses_nothing(tmp_path, fmt):
             write_brat(recs, f)
         back = read_annotated(f, fmt, c.lang, c.label_names, "rt")
         assert [r["text"] for r in back] == [r["text"] for r in recs]
-        assert [[(e["start"], e["end"], e["type"]) for e in r["entities"]] for r in back] == \
-               [[(e["start"], e["end"], e["type"]) for e in r["entities"]] for r in recs]
+        assert [[(e["start"], e["end"], e["type"]) for e in r["entities"]] for r in back] == [
+            [(e["start"], e["end"], e["type"]) for e in r["entities"]] for r in recs
+        ]
 
 
 def test_registry_format_and_validate(tmp_path):
     f = tmp_path / "dc.jsonl"
     f.write_text(json.dumps({"text": EN, "label": [list(s) for s in EN_SPANS]}) + "\n")
-    (tmp_path / "corpora.yaml").write_text("mine:\n  lang: en\n  format: doccano\n  files: {test: dc.jsonl}\n  labels: {Chemical: {}, Disease: {}}\n"
-                                           "bad:\n  lang: en\n  format: excel\n  files: {test: dc.jsonl}\n  labels: {Disease: {}}\n")
+    (tmp_path / "corpora.yaml").write_text(
+        "mine:\n  lang: en\n  format: doccano\n  files: {test: dc.jsonl}\n  labels: {Chemical: {}, Disease: {}}\n"
+        "bad:\n  lang: en\n  format: excel\n  files: {test: dc.jsonl}\n  labels: {Disease: {}}\n"
+    )
     env = {"MEDNER_CORPORA": str(tmp_path / "corpora.yaml")}
     ok = run_medner("data", "validate", str(f), "--format", "doccano")
     assert ok.returncode == 0 and "ok (1 records, format doccano)" in ok.stdout
@@ -109,7 +136,9 @@ def test_eval_export_writes_predictions_with_gold(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     recs = convert(get_corpus("ncbi-disease"), "test")[:5]
-    (run / "predictions.jsonl").write_text("".join(json.dumps({"id": r["id"], "text": r["text"], "entities": r["entities"][:1]}) + "\n" for r in recs))
+    (run / "predictions.jsonl").write_text(
+        "".join(json.dumps({"id": r["id"], "text": r["text"], "entities": r["entities"][:1]}) + "\n" for r in recs)
+    )
     (run / "config.resolved.yaml").write_text("corpus: ncbi-disease\nsplit: test\n")
     run_medner("eval", "export", str(run), "--format", "labelstudio", "--out", str(tmp_path / "ls.json"), check=True)
     tasks = json.loads((tmp_path / "ls.json").read_text())

@@ -71,4 +71,7 @@ def test_dry_run_trains_evaluates_and_records(tmp_path):
     assert "DRY RUN" in res["notes"]
     # it ran this checkout's code, through the link folder, whatever medner is installed
     assert (tmp_path / "gpu/.medner-path/medner/sft").resolve() == ROOT / "sft"
-    assert not (ROOT / "bench/results/ncbi-disease-gpu-accuracy.json").exists() or "DRY RUN" not in (ROOT / "bench/results/ncbi-disease-gpu-accuracy.json").read_text()
+    assert (
+        not (ROOT / "bench/results/ncbi-disease-gpu-accuracy.json").exists()
+        or "DRY RUN" not in (ROOT / "bench/results/ncbi-disease-gpu-accuracy.json").read_text()
+    )

@@ -38,9 +38,13 @@ def test_not_found_and_too_many():
 
 def test_cjk_grounding_and_offsets():
     text = "宝宝发烧，宝宝咳嗽"
-    got, _ = ground_mentions(text, [{"text": "宝宝", "type": "crowd"}, {"text": "宝宝", "type": "crowd"}, {"text": "咳嗽", "type": "symptom"}], simple_token_offsets(text, "zh"))
+    got, _ = ground_mentions(
+        text,
+        [{"text": "宝宝", "type": "crowd"}, {"text": "宝宝", "type": "crowd"}, {"text": "咳嗽", "type": "symptom"}],
+        simple_token_offsets(text, "zh"),
+    )
     assert [(e["start"], e["end"]) for e in got] == [(0, 2), (5, 7), (7, 9)]
-    assert all(text[e["start"]:e["end"]] == e["text"] for e in got)
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in got)
 
 
 @pytest.mark.parametrize("corpus,want_misplaced", [("ncbi-disease", 1), ("bc5cdr", 0), ("cmedqaner", 2)])

@@ -44,10 +44,10 @@ def test_spans_on_token_boundaries_only(compiler, mode):
     assert admits(compiler, g, answer("ataxia-telangiectasia"))
     assert admits(compiler, g, answer("missense mutations in the ataxia"))  # spaces and hyphens copied from the text
     assert admits(compiler, g, answer("(ATM)"))
-    assert not admits(compiler, g, answer("ATAXIA"))                      # re-cased
-    assert not admits(compiler, g, answer("telangiectasia-ataxia"))       # not in the text
-    assert not admits(compiler, g, answer("tion"))                        # inside a token
-    assert not admits(compiler, g, answer("ataxia telangiectasia"))       # a space where the text has a hyphen
+    assert not admits(compiler, g, answer("ATAXIA"))  # re-cased
+    assert not admits(compiler, g, answer("telangiectasia-ataxia"))  # not in the text
+    assert not admits(compiler, g, answer("tion"))  # inside a token
+    assert not admits(compiler, g, answer("ataxia telangiectasia"))  # a space where the text has a hyphen
     assert not admits(compiler, g, answer("ataxia-telangiectasia", type_="Chemical"))  # the label enum stays
 
 
@@ -55,16 +55,16 @@ def test_ordered_mode_is_order_of_appearance_without_overlap_or_loops(compiler):
     g = grounded_grammar(TEXT, offsets(TEXT), ["Disease"], "ordered")
     assert admits(compiler, g, answer("ataxia-telangiectasia", "ATM", "ataxia-telangiectasia"))  # the text has it twice
     assert not admits(compiler, g, answer("ataxia-telangiectasia", "ataxia-telangiectasia", "ataxia-telangiectasia"))  # a loop
-    assert not admits(compiler, g, answer("ATM", "missense"))             # out of order
+    assert not admits(compiler, g, answer("ATM", "missense"))  # out of order
     assert not admits(compiler, g, answer("ataxia-telangiectasia gene", "gene"))  # overlapping
     s = grounded_grammar(TEXT, offsets(TEXT), ["Disease"], "substring", max_items=4)
-    assert admits(compiler, s, answer("ATM", "missense"))                 # substring mode: any order...
+    assert admits(compiler, s, answer("ATM", "missense"))  # substring mode: any order...
     assert not admits(compiler, s, answer("ATM", "ATM", "ATM", "ATM", "ATM"))  # ...within max_items
 
 
 def test_mention_length_cap_is_exact(compiler):
     g = grounded_grammar(TEXT, offsets(TEXT), ["Disease"], "ordered", max_mention_tokens=3)
-    assert admits(compiler, g, answer("ataxia-telangiectasia"))           # 3 tokens: ataxia - telangiectasia
+    assert admits(compiler, g, answer("ataxia-telangiectasia"))  # 3 tokens: ataxia - telangiectasia
     assert not admits(compiler, g, answer("ataxia-telangiectasia gene"))  # 4
 
 
@@ -72,7 +72,7 @@ def test_json_escapes_and_chinese(compiler):
     text = 'He said "fever" \\ then 头痛'
     offs = simple_token_offsets(text, "en")
     g = grounded_grammar(text, offs, ["symptom"], "ordered")
-    assert admits(compiler, g, answer('"fever"', type_="symptom"))        # written as \"fever\" in the JSON
+    assert admits(compiler, g, answer('"fever"', type_="symptom"))  # written as \"fever\" in the JSON
     zh = "宝宝出水痘了，需要吃阿昔洛韦吗？"
     gz = grounded_grammar(zh, simple_token_offsets(zh, "zh"), ["disease", "drug"], "ordered")
     assert admits(compiler, gz, '{"entities":[{"text":"水痘","type":"disease"},{"text":"阿昔洛韦","type":"drug"}]}')
@@ -100,12 +100,12 @@ def test_reply_bound_covers_the_longest_admitted_reply(compiler, mode):
     text = 'Pain "in" the chest\\back, and 头痛.'
     offs = simple_token_offsets(text, "en")
     labels = ["Disease", "symptom"]
-    if mode == "ordered":   # the most mentions: one per token, each with the longest label
+    if mode == "ordered":  # the most mentions: one per token, each with the longest label
         longest = answer(*[text[a:b] for a, b in offs], type_="symptom")
         items = None
-    else:                   # the most characters: max_items copies of the whole text
+    else:  # the most characters: max_items copies of the whole text
         items = 4
-        longest = answer(*[text[offs[0][0]:offs[-1][1]]] * items, type_="symptom")
+        longest = answer(*[text[offs[0][0] : offs[-1][1]]] * items, type_="symptom")
     g = grounded_grammar(text, offs, labels, mode, max_items=items)
     assert admits(compiler, g, longest)
     bound = grounded_reply_bound(text, offs, labels, mode, max_items=items)
@@ -124,8 +124,8 @@ def test_plans_carry_the_grammar_and_a_schema_that_admits_its_replies():
     offs = offsets(TEXT)
     (plan,) = plan_requests(TEXT, offs, task, 256, tok, 8192, grounded="ordered")
     assert plan["grammar"].startswith("root ::=")
-    every_token = json.loads(answer(*[TEXT[a:b] for a, b in offs]))        # the grammar's most mentions
-    whole = json.loads(answer(TEXT[offs[0][0]:offs[-1][1]]))              # and its longest mention
+    every_token = json.loads(answer(*[TEXT[a:b] for a, b in offs]))  # the grammar's most mentions
+    whole = json.loads(answer(TEXT[offs[0][0] : offs[-1][1]]))  # and its longest mention
     for reply in (every_token, whole):
         jsonschema.validate(reply, plan["schema"])
     (plain,) = plan_requests(TEXT, offs, task, 256, tok, 8192)
@@ -175,8 +175,16 @@ def test_grounded_ordered_is_the_default_wherever_it_applies():
 def test_sft_refuses_grounded_dev_generation_without_the_constraint(tmp_path):
     from conftest import ROOT, run_medner
 
-    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tmp_path / 'absent'}", f"output_dir={tmp_path / 'run'}",
-                      "dev_grounded=true", "dev_constrained=false")
+    proc = run_medner(
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tmp_path / 'absent'}",
+        f"output_dir={tmp_path / 'run'}",
+        "dev_grounded=true",
+        "dev_constrained=false",
+    )
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 1 and len(err) == 1 and "dev_grounded" in err[0] and "needs constrained=true" in err[0], proc.stderr[-1000:]
 
@@ -187,7 +195,7 @@ def _check_grounded_run(out) -> int:
     assert report["run"]["grounded"] == "ordered"
     preds = [json.loads(l) for l in (out / "predictions.jsonl").open()]
     ents = [(p, e) for p in preds for e in p["entities"]]
-    assert all(p["text"][e["start"]:e["end"]] == e["text"] for p, e in ents)
+    assert all(p["text"][e["start"] : e["end"]] == e["text"] for p, e in ents)
     assert all(p["status"] == "ok" and not p["dropped"] for p in preds)
     return len(ents)
 
@@ -200,8 +208,21 @@ def test_transformers_backend_writes_only_spans(tiny_model, tiny_adapter, tmp_pa
     found = 0
     for corpus, adapter in (("ncbi-disease", [f"adapter={tiny_adapter}"]), ("cmedqaner", [])):
         out = tmp_path / corpus
-        run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=hf", f"model={tiny_model}", *adapter,
-                   f"corpus={corpus}", "limit=8", "grounded=true", f"out={out}", "bootstrap=0", check=True)
+        run_medner(
+            "eval",
+            "run",
+            "--config",
+            str(ROOT / "eval/configs/default.yaml"),
+            "backend=hf",
+            f"model={tiny_model}",
+            *adapter,
+            f"corpus={corpus}",
+            "limit=8",
+            "grounded=true",
+            f"out={out}",
+            "bootstrap=0",
+            check=True,
+        )
         found += _check_grounded_run(out)
     assert found > 0, "no entity predicted: nothing was checked"
 
@@ -209,7 +230,9 @@ def test_transformers_backend_writes_only_spans(tiny_model, tiny_adapter, tmp_pa
 def test_grounded_needs_constrained_in_one_line(tmp_path):
     from conftest import ROOT, run_medner
 
-    proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "grounded=true", "constrained=false", f"out={tmp_path}")
+    proc = run_medner(
+        "eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "grounded=true", "constrained=false", f"out={tmp_path}"
+    )
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 1 and len(err) == 1 and "needs constrained=true" in err[0], proc.stderr[-1000:]
 
@@ -221,5 +244,11 @@ def test_a_raw_control_character_that_the_schema_constraint_admits_is_parsed():
     from medner.prompts.schema import answer_schema
 
     text = "fever\tand cough"
-    out = parse_reply('{"entities":[{"text":"fever\tand","type":"Disease"}]}', "stop", text, [(0, 5), (6, 9), (10, 15)], answer_schema(["Disease"], text, 3))
+    out = parse_reply(
+        '{"entities":[{"text":"fever\tand","type":"Disease"}]}',
+        "stop",
+        text,
+        [(0, 5), (6, 9), (10, 15)],
+        answer_schema(["Disease"], text, 3),
+    )
     assert out["status"] == "ok" and out["entities"][0]["text"] == "fever\tand"

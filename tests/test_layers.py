@@ -1,6 +1,6 @@
 """The pipeline's layering: stages import downwards only, so no stage borrows another's internals.
 
-    sft -> eval -> serve (client) -> prompts -> data;  every stage may use medner/ helpers.
+sft -> eval -> serve (client) -> prompts -> data;  every stage may use medner/ helpers.
 """
 
 import ast

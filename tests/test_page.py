@@ -44,8 +44,11 @@ def test_page_highlights_the_api_offsets(vllm_server, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = free_port()
-    api = subprocess.Popen([sys.executable, "-m", "medner.cli", "api", "--url", vllm_server, "--model", "ner", "--port", str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "medner.cli", "api", "--url", vllm_server, "--model", "ner", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(60):
             try:

@@ -45,8 +45,14 @@ def test_compact_prompt_is_a_fraction_of_the_descriptive_one(registry):
     tok = load_tokenizer()
     for corpus, most in (("ncbi-disease", 30), ("cmedqaner", 80)):
         c = registry[corpus]
-        n = {v: len(tok(tok.apply_chat_template(build_messages("x", c.labels, c.lang, v), tokenize=False, add_generation_prompt=True))["input_ids"])
-             for v in ("v1", "compact-v1")}
+        n = {
+            v: len(
+                tok(tok.apply_chat_template(build_messages("x", c.labels, c.lang, v), tokenize=False, add_generation_prompt=True))[
+                    "input_ids"
+                ]
+            )
+            for v in ("v1", "compact-v1")
+        }
         assert n["compact-v1"] <= most and n["compact-v1"] * 3 < n["v1"], n
         assert all(lab.name in build_messages("x", c.labels, c.lang, "compact-v1")[0]["content"] for lab in c.labels)
 

@@ -12,15 +12,22 @@ pytestmark = pytest.mark.slow
 
 
 def test_reliability_suite_small(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.reliability", "--clients", "8", "--seconds", "8", "--bad", "200", "--results", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.reliability", "--clients", "8", "--seconds", "8", "--bad", "200", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "reliability.json").read_text())
     m, d = res["metrics"], res["details"]
     assert m["load_requests"] > 0 and m["load_errors"] == 0 and m["load_wrong_offsets"] == 0
     assert d["load"]["entities_checked"] > 0, "no entity came back: the offsets were not checked"
     assert m["bad_inputs_tried"] >= 400 and m["bad_inputs_mishandled"] == 0 and m["crashes"] == 0, d["bad_input"]
-    assert m["fault_in_flight_no_hang_no_500"] and m["fault_outage_status"] == 503 and m["fault_outage_answer_s"] < 10 and m["fault_recovered"], d["fault"]
+    assert (
+        m["fault_in_flight_no_hang_no_500"] and m["fault_outage_status"] == 503 and m["fault_outage_answer_s"] < 10 and m["fault_recovered"]
+    ), d["fault"]
     assert m["records_lost"] == 0 and m["eval_resume_identical"], d["eval_resume"]
     assert m["patient_text_in_logs"] == 0, d["privacy"]
     assert "api.log" in d["privacy"]["logs_checked"] and "serve.log" in d["privacy"]["logs_checked"]

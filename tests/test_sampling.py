@@ -8,7 +8,7 @@ from medner.sft.sampling import ShuffledLengthGroupedSampler, shuffled_length_gr
 
 
 def _groups(order, size):
-    return [order[i:i + size] for i in range(0, len(order), size)]
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def _hf_order(lengths, group_size, seed):
@@ -109,13 +109,21 @@ def test_sft_trainer_draws_its_batches_from_the_shuffled_groups(tiny_model):
     ds = Dataset.from_list(rows)
 
     def step_widths(trainer_cls, strategy):
-        args = SFTConfig(output_dir="/tmp/unused", per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True,
-                         report_to=[], completion_only_loss=True, train_sampling_strategy=strategy, seed=7)
+        args = SFTConfig(
+            output_dir="/tmp/unused",
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            use_cpu=True,
+            report_to=[],
+            completion_only_loss=True,
+            train_sampling_strategy=strategy,
+            seed=7,
+        )
         batches = list(trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tok).get_train_dataloader())
         assert sum(len(b["input_ids"]) for b in batches) == 160
         pad = sum(int((b["attention_mask"] == 0).sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
         widths = [b["input_ids"].shape[1] for b in batches]
-        return pad, [max(widths[i:i + 2]) for i in range(0, len(widths), 2)]  # one per optimizer step
+        return pad, [max(widths[i : i + 2]) for i in range(0, len(widths), 2)]  # one per optimizer step
 
     def falling(w):
         return sum(b < a for a, b in zip(w, w[1:])) / (len(w) - 1)

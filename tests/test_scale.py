@@ -15,14 +15,25 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a 2-core machine
-    return subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "-m", "medner.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [str(TORCHRUN), "--nproc_per_node", "2", "-m", "medner.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command,config", [("sft", "tiny.yaml"), ("tokcls", "tokcls-tiny.yaml")])
 def test_two_processes_train_one_adapter_and_resume(command, config, tiny_model, tmp_path):
     out = tmp_path / "ddp"
-    args = [command, "train", "--config", str(ROOT / "sft/configs" / config), f"model={tiny_model}", f"output_dir={out}", "quantization=none", "save_steps=2"]
+    args = [
+        command,
+        "train",
+        "--config",
+        str(ROOT / "sft/configs" / config),
+        f"model={tiny_model}",
+        f"output_dir={out}",
+        "quantization=none",
+        "save_steps=2",
+    ]
     proc = _torchrun(*args, "max_steps=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -58,8 +69,21 @@ def test_ray_batch_extraction_keeps_every_id_and_completes_a_partial_run(vllm_se
     inp = tmp_path / "in.jsonl"
     recs = _inputs(inp, 150, with_ids=False)
     out = tmp_path / "out"
-    args = ["extract", "--engine", "ray", "--file", str(inp), "--out", str(out), "--url", vllm_server, "--corpus", "ncbi-disease",
-            "--shard-records", "40"]
+    args = [
+        "extract",
+        "--engine",
+        "ray",
+        "--file",
+        str(inp),
+        "--out",
+        str(out),
+        "--url",
+        vllm_server,
+        "--corpus",
+        "ncbi-disease",
+        "--shard-records",
+        "40",
+    ]
     first = run_medner(*args, timeout=900)
     # 1 = some replies of the random tiny model failed to parse; nothing else may go wrong
     assert first.returncode == 0 or (first.returncode == 1 and "did not give a valid answer" in first.stderr), first.stderr[-3000:]
@@ -73,7 +97,9 @@ def test_ray_batch_extraction_keeps_every_id_and_completes_a_partial_run(vllm_se
         assert row["id"] == (w or f"in.jsonl:{line}") and row["text"] == recs[i]["text"]
         assert all(row["text"][e["start"] : e["end"]] == e["text"] for e in row["entities"])
     # the same records as the one-server path, reply for reply
-    single = run_medner("extract", "--file", str(inp), "--url", vllm_server, "--corpus", "ncbi-disease", "--out", str(tmp_path / "single.jsonl"))
+    single = run_medner(
+        "extract", "--file", str(inp), "--url", vllm_server, "--corpus", "ncbi-disease", "--out", str(tmp_path / "single.jsonl")
+    )
     # (`medner extract --file` reads a blank line as an empty text; a JSONL shard has no record there)
     one = [r for r in map(json.loads, (tmp_path / "single.jsonl").read_text().splitlines()) if r["text"]]
     assert [r["entities"] for r in one] == [r["entities"] for r in rows] and single.returncode == first.returncode
@@ -114,7 +140,9 @@ def test_ray_run_names_every_failed_shard_and_exits_non_zero(tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"text": f"text {i}"}) + "\n" for i in range(5)))
     out = tmp_path / "o"
-    proc = run_medner("extract", "--engine", "ray", "--file", str(inp), "--out", str(out), "--url", "http://127.0.0.1:9/v1", "--shard-records", "2")
+    proc = run_medner(
+        "extract", "--engine", "ray", "--file", str(inp), "--out", str(out), "--url", "http://127.0.0.1:9/v1", "--shard-records", "2"
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "3 of 3 shard(s) failed, 0 of 3 written" in proc.stderr
     for k, line in enumerate((1, 3, 5)):
@@ -147,8 +175,18 @@ def test_api_spreads_over_replicas_and_skips_a_dead_one(tiny_model, strong_adapt
     try:
         for k in range(2):
             port = procs.free_port()
-            argv = [sys.executable, "-m", "medner.cli", "serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={tiny_model}",
-                    f"adapter={strong_adapter}", f"port={port}", "kv_cache_gib=1"]
+            argv = [
+                sys.executable,
+                "-m",
+                "medner.cli",
+                "serve",
+                "--config",
+                str(ROOT / "serve/configs/tiny.yaml"),
+                f"model={tiny_model}",
+                f"adapter={strong_adapter}",
+                f"port={port}",
+                "kv_cache_gib=1",
+            ]
             proc = procs.start(argv, tmp_path / f"serve-{k}.log")
             replicas.append((proc, f"http://127.0.0.1:{port}/v1"))
         for proc, url in replicas:
@@ -178,7 +216,10 @@ def test_api_spreads_over_replicas_and_skips_a_dead_one(tiny_model, strong_adapt
         assert health_one["status"] == "ok" and health_one["upstreams"] == {replicas[0][1]: True, replicas[1][1]: False}
         # both replicas took a share of the first burst; the second went to the living one alone
         assert all(n >= 4 for n in served_before.values())
-        assert served_after[replicas[1][1]] == served_before[replicas[1][1]] and served_after[replicas[0][1]] >= served_before[replicas[0][1]] + 16
+        assert (
+            served_after[replicas[1][1]] == served_before[replicas[1][1]]
+            and served_after[replicas[0][1]] >= served_before[replicas[0][1]] + 16
+        )
     finally:
         for proc, _ in replicas:
             procs.stop(proc, 30)
@@ -189,7 +230,13 @@ def test_parallel_sizes_are_checked_against_the_gpus():
 
     assert check_parallel(ServeSettings()) == []
     assert check_parallel(ServeSettings(tensor_parallel_size=2, data_parallel_size=2), gpus=4) == [
-        "--tensor-parallel-size", "2", "--pipeline-parallel-size", "1", "--data-parallel-size", "2"]
+        "--tensor-parallel-size",
+        "2",
+        "--pipeline-parallel-size",
+        "1",
+        "--data-parallel-size",
+        "2",
+    ]
     with pytest.raises(ValueError, match="tensor_parallel_size=2 needs 2 GPUs; this machine has no GPU"):
         check_parallel(ServeSettings(tensor_parallel_size=2), gpus=0)
     with pytest.raises(ValueError, match="needs 8 GPUs; this machine has 4"):
@@ -202,8 +249,17 @@ def test_parallel_sizes_are_checked_against_the_gpus():
 def test_eval_backend_ray_scores_like_the_server_backend(vllm_server, tmp_path):
     from conftest import run_medner
 
-    common = ["eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "corpus=ncbi-disease", "split=test",
-              "limit=60", "bootstrap=0"]
+    common = [
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        f"url={vllm_server}",
+        "corpus=ncbi-disease",
+        "split=test",
+        "limit=60",
+        "bootstrap=0",
+    ]
     run_medner(*common, "backend=server", f"out={tmp_path / 'server'}", check=True)
     run_medner(*common, "backend=ray", "ray_shard_records=25", f"out={tmp_path / 'ray'}", check=True)
     srv, ray_ = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("server", "ray"))

@@ -29,7 +29,9 @@ def test_openai_sdk_chat_with_schema_is_valid_and_stops(vllm_server, registry):
     schema = answer_schema(c.label_names, TEXT, n_tokens=14)
     client = OpenAI(base_url=vllm_server, api_key="unused")
     resp = client.chat.completions.create(
-        model="ner", messages=build_messages(TEXT, c.labels, c.lang), temperature=0,
+        model="ner",
+        messages=build_messages(TEXT, c.labels, c.lang),
+        temperature=0,
         max_tokens=max_reply_tokens(schema, c.label_names),
         response_format={"type": "json_schema", "json_schema": {"name": "entities", "schema": schema}},
     )
@@ -40,11 +42,13 @@ def test_openai_sdk_chat_with_schema_is_valid_and_stops(vllm_server, registry):
 
 def test_extract_cli_plain_schema_grounds_offsets(vllm_server, tmp_path):
     # --no-grounded: the plain answer schema, where a mention may be any string; grounding happens after the reply
-    proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--corpus", "ncbi-disease", "--no-grounded", TEXT, "--raw", check=True)
+    proc = run_medner(
+        "extract", "--url", vllm_server, "--model", "ner", "--corpus", "ncbi-disease", "--no-grounded", TEXT, "--raw", check=True
+    )
     out = json.loads(proc.stdout)
     assert out["text"] == TEXT and out["status"] == "ok"
     for e in out["entities"]:
-        assert TEXT[e["start"]:e["end"]] == e["text"]
+        assert TEXT[e["start"] : e["end"]] == e["text"]
     # the raw reply was parsed: every mention is either grounded or reported as dropped
     raw = json.loads(out["raw"][0])
     assert len(raw["entities"]) == len(out["entities"]) + len(out["dropped"])
@@ -52,14 +56,19 @@ def test_extract_cli_plain_schema_grounds_offsets(vllm_server, tmp_path):
 
 def test_extract_file_jsonl_ids_pass_through_and_chinese(vllm_server, tmp_path):
     f = tmp_path / "in.jsonl"
-    f.write_text(json.dumps({"id": "a1", "text": "宝宝出水痘了，需要吃阿昔洛韦吗？"}, ensure_ascii=False) + "\n" + json.dumps({"id": "a2", "text": ""}) + "\n")
+    f.write_text(
+        json.dumps({"id": "a1", "text": "宝宝出水痘了，需要吃阿昔洛韦吗？"}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"id": "a2", "text": ""})
+        + "\n"
+    )
     # a zh label set from the registry; the adapter was trained on English, which is fine for a client call
     proc = run_medner("extract", "--url", vllm_server, "--model", "ner", "--corpus", "cmedqaner", "--file", str(f), check=True)
     rows = [json.loads(l) for l in proc.stdout.splitlines()]
     assert [r["id"] for r in rows] == ["a1", "a2"]
     assert rows[1]["entities"] == [] and rows[1]["status"] == "ok"  # empty text: no entities, no request
     for e in rows[0]["entities"]:
-        assert rows[0]["text"][e["start"]:e["end"]] == e["text"]
+        assert rows[0]["text"][e["start"] : e["end"]] == e["text"]
 
 
 def test_long_text_is_windowed_and_stitched(vllm_server):
@@ -73,7 +82,7 @@ def test_long_text_is_windowed_and_stitched(vllm_server):
     assert res["windows"] > 1
     assert res["status"] in ("ok", "truncated"), (res.get("error"), res["raw"])
     for e in res["entities"]:
-        assert text[e["start"]:e["end"]] == e["text"]
+        assert text[e["start"] : e["end"]] == e["text"]
 
 
 def test_truncated_reply_is_reported_not_parsed(vllm_server):
@@ -109,17 +118,17 @@ def test_extract_api_endpoint(vllm_server):
         body = r.json()
         assert body["text"] == TEXT and body["status"] == "ok"
         for e in body["entities"]:
-            assert TEXT[e["start"]:e["end"]] == e["text"]
+            assert TEXT[e["start"] : e["end"]] == e["text"]
         r2 = api.post("/v1/extract", json={"text": "发热三天", "labels": {"symptom": "症状"}, "lang": "zh", "model": "ner"})
         assert r2.status_code == 200 and r2.json()["text"] == "发热三天"
         assert api.post("/v1/extract", json={"text": "x", "corpus": "nope"}).status_code == 422
         assert api.post("/v1/extract", json={"text": "x"}).status_code == 422
         # grounded is the default: what was asked above with no "grounded" field equals an explicit true
         g = api.post("/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease", "grounded": True}).json()
-        assert g["status"] == "ok" and not g["dropped"] and all(TEXT[e["start"]:e["end"]] == e["text"] for e in g["entities"])
+        assert g["status"] == "ok" and not g["dropped"] and all(TEXT[e["start"] : e["end"]] == e["text"] for e in g["entities"])
         assert (g["entities"], g["dropped"]) == (body["entities"], body["dropped"])
         plain = api.post("/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease", "grounded": False}).json()
-        assert plain["status"] == "ok" and all(TEXT[e["start"]:e["end"]] == e["text"] for e in plain["entities"])
+        assert plain["status"] == "ok" and all(TEXT[e["start"] : e["end"]] == e["text"] for e in plain["entities"])
         assert api.post("/v1/extract", json={"text": "x", "corpus": "ncbi-disease", "grounded": "fuzzy"}).status_code == 422
 
 
@@ -142,21 +151,58 @@ def test_grounded_eval_and_extract_through_the_server(vllm_server, tmp_path):
     found = 0
     for corpus in ("ncbi-disease", "cmedqaner"):  # no grounded= given: ordered is the default of a constrained run
         out = tmp_path / corpus
-        run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "served_model=ner",
-                   f"corpus={corpus}", "split=test", "limit=12", f"out={out}", "bootstrap=0", check=True)
+        run_medner(
+            "eval",
+            "run",
+            "--config",
+            str(ROOT / "eval/configs/default.yaml"),
+            f"url={vllm_server}",
+            "served_model=ner",
+            f"corpus={corpus}",
+            "split=test",
+            "limit=12",
+            f"out={out}",
+            "bootstrap=0",
+            check=True,
+        )
         found += _check_grounded_run(out)
     assert found > 0, "no entity predicted: nothing was checked"
     # resuming that run with the default written out is the same setup; the plain schema is another one
-    again = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "served_model=ner",
-                       "corpus=cmedqaner", "split=test", "limit=12", "grounded=ordered", f"out={tmp_path / 'cmedqaner'}", "bootstrap=0", check=True)
+    again = run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        f"url={vllm_server}",
+        "served_model=ner",
+        "corpus=cmedqaner",
+        "split=test",
+        "limit=12",
+        "grounded=ordered",
+        f"out={tmp_path / 'cmedqaner'}",
+        "bootstrap=0",
+        check=True,
+    )
     assert again.returncode == 0
-    other = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={vllm_server}", "served_model=ner",
-                       "corpus=cmedqaner", "split=test", "limit=12", "grounded=false", f"out={tmp_path / 'cmedqaner'}", "bootstrap=0")
+    other = run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        f"url={vllm_server}",
+        "served_model=ner",
+        "corpus=cmedqaner",
+        "split=test",
+        "limit=12",
+        "grounded=false",
+        f"out={tmp_path / 'cmedqaner'}",
+        "bootstrap=0",
+    )
     assert other.returncode != 0 and "grounded: 'ordered' -> None" in other.stderr, other.stderr[-800:]
     for flags in ([], ["--grounded"]):  # the default and the explicit flag
         proc = run_medner("extract", "--url", vllm_server, "--model", "ner", *flags, "--raw", TEXT, check=True)
         res = json.loads(proc.stdout)
-        assert res["status"] == "ok" and not res["dropped"] and all(TEXT[e["start"]:e["end"]] == e["text"] for e in res["entities"])
+        assert res["status"] == "ok" and not res["dropped"] and all(TEXT[e["start"] : e["end"]] == e["text"] for e in res["entities"])
 
 
 def test_api_health_when_upstream_down():
@@ -172,17 +218,35 @@ def test_api_health_when_upstream_down():
 def test_serve_refuses_a_different_base_model(tiny_adapter, tmp_path):
     other = tmp_path / "other-tiny"
     run_medner("sft", "make-tiny", str(other), "--seed", "1", check=True)
-    proc = run_medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={other}", f"adapter={tiny_adapter}", f"port={free_port()}")
+    proc = run_medner(
+        "serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={other}", f"adapter={tiny_adapter}", f"port={free_port()}"
+    )
     assert proc.returncode == 1 and "trained on base model" in proc.stderr
 
 
 def test_serve_refuses_a_label_set_the_adapter_was_not_trained_on(tiny_model, tiny_adapter):
-    proc = run_medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={tiny_model}", f"adapter={tiny_adapter}", "corpus=cmedqaner", f"port={free_port()}")
+    proc = run_medner(
+        "serve",
+        "--config",
+        str(ROOT / "serve/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"adapter={tiny_adapter}",
+        "corpus=cmedqaner",
+        f"port={free_port()}",
+    )
     assert proc.returncode == 1 and "not on 'cmedqaner'" in proc.stderr
 
 
 def test_serve_refuses_lora_serving_on_the_cpu_build(tiny_model, tiny_adapter):
-    proc = run_medner("serve", "--config", str(ROOT / "serve/configs/tiny.yaml"), f"model={tiny_model}", f"adapter={tiny_adapter}", "merge=false", f"port={free_port()}")
+    proc = run_medner(
+        "serve",
+        "--config",
+        str(ROOT / "serve/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"adapter={tiny_adapter}",
+        "merge=false",
+        f"port={free_port()}",
+    )
     assert proc.returncode == 1 and "merge=false with an adapter on vLLM's CPU build" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -205,8 +269,13 @@ def _start_api(vllm_server, *flags, env=None):
     import time
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "medner.cli", "api", "--url", vllm_server, "--model", "ner", "--port", str(port), *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medner.cli", "api", "--url", vllm_server, "--model", "ner", "--port", str(port), *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     for _ in range(120):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code in (200, 503):
@@ -222,15 +291,18 @@ def test_api_caps_requests_in_flight_and_times_out_against_the_real_server(vllm_
 
     proc, base = _start_api(vllm_server, "--max-in-flight", "2", env={"MEDNER_API_KEY": "k-test"})
     try:
+
         async def burst():
             async with httpx.AsyncClient(timeout=300, headers={"Authorization": "Bearer k-test"}) as h:
-                return await asyncio.gather(*(h.post(f"{base}/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease"}) for _ in range(12)))
+                return await asyncio.gather(
+                    *(h.post(f"{base}/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease"}) for _ in range(12))
+                )
 
         rs = asyncio.run(burst())
         codes = sorted(r.status_code for r in rs)
         assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
         assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 429)
-        assert all(TEXT[e["start"]:e["end"]] == e["text"] for r in rs if r.status_code == 200 for e in r.json()["entities"])
+        assert all(TEXT[e["start"] : e["end"]] == e["text"] for r in rs if r.status_code == 200 for e in r.json()["entities"])
         assert httpx.post(f"{base}/v1/extract", json={"text": TEXT, "corpus": "ncbi-disease"}).status_code == 401
     finally:
         proc.terminate()
@@ -249,7 +321,21 @@ def test_extract_writes_annotation_tool_formats(vllm_server, tmp_path):
 
     f = tmp_path / "in.txt"
     f.write_text(TEXT + "\nBRCA1 mutations cause hereditary breast cancer.\n")
-    run_medner("extract", "--url", vllm_server, "--model", "ner", "--grounded", "--file", str(f), "--format", "doccano", "--out", str(tmp_path / "o.jsonl"), check=True)
+    run_medner(
+        "extract",
+        "--url",
+        vllm_server,
+        "--model",
+        "ner",
+        "--grounded",
+        "--file",
+        str(f),
+        "--format",
+        "doccano",
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        check=True,
+    )
     rows = [json.loads(l) for l in (tmp_path / "o.jsonl").open()]
     assert [r["text"] for r in rows] == f.read_text().splitlines()
     back = read_annotated(tmp_path / "o.jsonl", "doccano", "en", ["Disease"], "x")  # straight back in: every span on a boundary

@@ -17,7 +17,14 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_run_writes_a_trained_adapter(tiny_run, tiny_model):
     ad = tiny_run / "adapter"
-    for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "medner_run.json", "config.resolved.yaml", "data_manifest.json"):
+    for f in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "medner_run.json",
+        "config.resolved.yaml",
+        "data_manifest.json",
+    ):
         assert (ad / f).is_file(), f
     for f in ("loss_curve.json", "loss_curve.png", "summary.json", "config.resolved.yaml"):
         assert (tiny_run / f).is_file(), f
@@ -45,16 +52,31 @@ def test_adapter_loads_in_transformers_and_generates(tiny_run, tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
     model = PeftModel.from_pretrained(model, tiny_run / "adapter")
     tok = AutoTokenizer.from_pretrained(tiny_run / "adapter")
-    ids = tok.apply_chat_template([{"role": "user", "content": "asthma"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "asthma"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 4 or out.shape[1] > ids["input_ids"].shape[1]
 
 
 def test_resume_after_sigkill_continues_the_step_counter(tiny_model, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "medner.cli", "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"),
-           f"model={tiny_model}", f"output_dir={out}", "max_steps=8", "save_steps=2", "dev_examples=2", "curve_examples=[8,24]",
-           "group_by_length=true"]  # the shuffled length-grouped order must resume where it stopped too
+    cmd = [
+        sys.executable,
+        "-m",
+        "medner.cli",
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={out}",
+        "max_steps=8",
+        "save_steps=2",
+        "dev_examples=2",
+        "curve_examples=[8,24]",
+        "group_by_length=true",
+    ]  # the shuffled length-grouped order must resume where it stopped too
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     try:
@@ -93,10 +115,16 @@ def test_resume_after_sigkill_continues_the_step_counter(tiny_model, tmp_path):
 
 @pytest.mark.parametrize(
     "override,fragment",
-    [("lora_rr=4", "unknown key(s) 'lora_rr' (did you mean 'lora_r'?)"), ("model=Qwen/Qwen2.5-0.5B-Instruct", "pass model=PATH"), ("corpora=[no-such-corpus]", "unknown corpus")],
+    [
+        ("lora_rr=4", "unknown key(s) 'lora_rr' (did you mean 'lora_r'?)"),
+        ("model=Qwen/Qwen2.5-0.5B-Instruct", "pass model=PATH"),
+        ("corpora=[no-such-corpus]", "unknown corpus"),
+    ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, override, fragment):
-    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"output_dir={tmp_path}", override, env={"HF_HUB_OFFLINE": "1"})
+    proc = run_medner(
+        "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"output_dir={tmp_path}", override, env={"HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 1
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and fragment in err[0], proc.stderr[-1500:]
@@ -106,7 +134,16 @@ def test_bad_config_is_one_clear_line(tmp_path, override, fragment):
 def test_missing_data_file_is_one_clear_line(tmp_path, tiny_model):
     reg = tmp_path / "corpora.yaml"
     reg.write_text("gone:\n  lang: en\n  files: {train: missing.tsv, dev: missing.tsv}\n  labels: {Disease: {}}\n")
-    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={tmp_path}/o", "corpora=[gone]", env={"MEDNER_CORPORA": str(reg)})
+    proc = run_medner(
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={tmp_path}/o",
+        "corpora=[gone]",
+        env={"MEDNER_CORPORA": str(reg)},
+    )
     assert proc.returncode == 1 and "data file missing" in proc.stderr and "missing.tsv" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -115,7 +152,9 @@ def test_config_module_unknown_keys_and_types(tmp_path):
     from medner.config import ConfigError, load_config
     from medner.sft.train import SFTSettings
 
-    cfg = load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_steps=3", "corpora=ncbi-disease,cmedqaner", "max_train_examples=null"])
+    cfg = load_config(
+        SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_steps=3", "corpora=ncbi-disease,cmedqaner", "max_train_examples=null"]
+    )
     assert cfg.max_steps == 3 and cfg.corpora == ["ncbi-disease", "cmedqaner"] and cfg.max_train_examples is None
     with pytest.raises(ConfigError, match="must be an integer"):
         load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_steps=lots"])
@@ -185,23 +224,33 @@ def test_a_model_is_queried_with_its_trained_prompt_version(tiny_run, tmp_path):
     rec.update(prompt_version="compact-v1", prompt_template_sha256=template_hash("compact-v1"))
     (ad / "medner_run.json").write_text(json.dumps(rec))
     assert check_adapter(ad)["prompt_version"] == "compact-v1"
-    assert prompt_version_for(None, rec, "x") == "compact-v1"          # unset: the trained one
+    assert prompt_version_for(None, rec, "x") == "compact-v1"  # unset: the trained one
     assert prompt_version_for("compact-v1", rec, "x") == "compact-v1"
     with pytest.raises(RunRecordError, match="trained with prompt version 'compact-v1', not 'v1'"):
         check_adapter(ad, prompt_version="v1")
-    assert prompt_version_for(None, None, "base") == "v1"              # no record (zero-shot): the default
+    assert prompt_version_for(None, None, "base") == "v1"  # no record (zero-shot): the default
     assert prompt_version_for("compact-v1", None, "base") == "compact-v1"
     with pytest.raises(ValueError, match="unknown prompt version"):
         prompt_version_for("v9", None, "base")
-    rec["prompt_template_sha256"] = "0" * 64                          # the templates changed since training
+    rec["prompt_template_sha256"] = "0" * 64  # the templates changed since training
     (ad / "medner_run.json").write_text(json.dumps(rec))
     with pytest.raises(RunRecordError, match="templates hash to"):
         check_adapter(ad)
 
 
 def test_eval_refuses_another_prompt_version_in_one_line(tiny_run, tiny_model, tmp_path):
-    proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=hf", f"model={tiny_model}",
-                      f"adapter={tiny_run / 'adapter'}", "prompt_version=v1", "limit=2", f"out={tmp_path}")
+    proc = run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        "backend=hf",
+        f"model={tiny_model}",
+        f"adapter={tiny_run / 'adapter'}",
+        "prompt_version=v1",
+        "limit=2",
+        f"out={tmp_path}",
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and "trained with prompt version 'compact-v1', not 'v1'" in err[0], proc.stderr[-1500:]
@@ -211,7 +260,9 @@ def test_training_mix_caps_empty_answers_and_is_seeded():
     from medner.config import load_config
     from medner.sft.train import EMPTY_ANSWER, SFTSettings, build_datasets
 
-    cfg = load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_train_examples=200", "max_empty_fraction=0.1", "corpora=[ncbi-disease]"])
+    cfg = load_config(
+        SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_train_examples=200", "max_empty_fraction=0.1", "corpora=[ncbi-disease]"]
+    )
     train, dev, manifest = build_datasets(cfg)
     empty = sum(p["completion"][0]["content"] == EMPTY_ANSWER for p in train)
     assert len(train) == 200 and empty == 20  # 10% of 200; the natural share in NCBI-disease is 46%
@@ -230,7 +281,9 @@ def test_empty_answer_cap_never_raises_the_share():
     from medner.sft.train import SFTSettings, build_datasets
 
     def ids(cap):
-        cfg = load_config(SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_train_examples=48", f"max_empty_fraction={cap}", "corpora=[cmedqaner]"])
+        cfg = load_config(
+            SFTSettings, ROOT / "sft/configs/tiny.yaml", ["max_train_examples=48", f"max_empty_fraction={cap}", "corpora=[cmedqaner]"]
+        )
         return [p["id"] for p in build_datasets(cfg)[0]]
 
     assert ids(0.2) == ids("null") and len(ids(0.2)) == 48
@@ -246,9 +299,11 @@ def test_padding_free_is_refused_where_it_would_mix_examples(tiny_model, tmp_pat
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    examples = [{"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [-100] * 4 + [9, 10, 11]},
-                {"input_ids": [12, 13, 14, 15], "labels": [-100] * 2 + [14, 15]},
-                {"input_ids": [16, 17, 18, 19, 20], "labels": [-100] * 3 + [19, 20]}]
+    examples = [
+        {"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [-100] * 4 + [9, 10, 11]},
+        {"input_ids": [12, 13, 14, 15], "labels": [-100] * 2 + [14, 15]},
+        {"input_ids": [16, 17, 18, 19, 20], "labels": [-100] * 3 + [19, 20]},
+    ]
 
     def token_losses(padding_free: bool) -> torch.Tensor:
         batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)(examples)
@@ -259,12 +314,20 @@ def test_padding_free_is_refused_where_it_would_mix_examples(tiny_model, tmp_pat
         per = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none", ignore_index=-100)
         return per[labels != -100]
 
-    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={tmp_path}", "padding_free=true")
+    proc = run_medner(
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={tmp_path}",
+        "padding_free=true",
+    )
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 1 and len(err) == 1 and "padding_free=true needs FlashAttention" in err[0], proc.stderr[-1500:]
     padded, flat = token_losses(False), token_losses(True)
     assert padded.shape == flat.shape == (7,)
-    assert torch.allclose(padded[:3], flat[:3], atol=1e-4)      # the first example sees only itself either way
+    assert torch.allclose(padded[:3], flat[:3], atol=1e-4)  # the first example sees only itself either way
     assert not torch.allclose(padded[3:], flat[3:], atol=1e-3)  # the others see the first: mixed
 
 
@@ -273,8 +336,19 @@ def test_a_pause_file_holds_the_run_and_is_not_training_time(tiny_model, tmp_pat
     out = tmp_path / "run"
     out.mkdir()
     (out / "PAUSE").touch()
-    cmd = [sys.executable, "-m", "medner.cli", "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"),
-           f"model={tiny_model}", f"output_dir={out}", "max_steps=3", "dev_examples=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medner.cli",
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={out}",
+        "max_steps=3",
+        "dev_examples=0",
+    ]
     log = tmp_path / "train.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, text=True)
@@ -301,7 +375,17 @@ def test_a_run_of_another_setup_is_not_resumed(tiny_run, tmp_path):
 
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
-    proc = run_medner("sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={json.loads((out / 'adapter/medner_run.json').read_text())['base_model']['path']}",
-                      f"output_dir={out}", "max_steps=8", "prompt_version=v1")
+    proc = run_medner(
+        "sft",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tiny.yaml"),
+        f"model={json.loads((out / 'adapter/medner_run.json').read_text())['base_model']['path']}",
+        f"output_dir={out}",
+        "max_steps=8",
+        "prompt_version=v1",
+    )
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert proc.returncode == 1 and len(err) == 1 and "holds checkpoints of another setup (prompt_version: 'compact-v1' -> 'v1')" in err[0], proc.stderr[-1500:]
+    assert (
+        proc.returncode == 1 and len(err) == 1 and "holds checkpoints of another setup (prompt_version: 'compact-v1' -> 'v1')" in err[0]
+    ), proc.stderr[-1500:]

@@ -25,8 +25,11 @@ def _result():
 def test_entities_become_spans_with_the_same_offsets():
     doc = to_spacy(spacy.blank("en"), _result())
     assert [(s.text, s.label_, s.start_char, s.end_char) for s in doc.ents] == [
-        ("Familial adenomatous polyposis", "Disease", 0, 30), ("FAP", "Disease", 32, 35), ("breast cancer", "Disease", 41, 54),
-        ("cancer", "Disease", 70, 76)]
+        ("Familial adenomatous polyposis", "Disease", 0, 30),
+        ("FAP", "Disease", 32, 35),
+        ("breast cancer", "Disease", 41, 54),
+        ("cancer", "Disease", 70, 76),
+    ]
     # every aligned mention in the span group, the nested one included; the unalignable one reported, not moved
     assert len(doc.spans["medner"]) == 5 and any(s.text == "polyposis" for s in doc.spans["medner"])
     assert [e["text"] for e in doc.user_data["medner_unaligned"]] == ["BRCA"]
@@ -44,6 +47,12 @@ def test_an_existing_doc_must_have_the_same_text():
 
 def test_chinese_result_on_a_blank_chinese_pipeline():
     text = "宝宝出水痘了，需要吃阿昔洛韦吗？"
-    res = {"text": text, "entities": [{"text": "水痘", "type": "disease", "start": 3, "end": 5}, {"text": "阿昔洛韦", "type": "drug", "start": 10, "end": 14}]}
+    res = {
+        "text": text,
+        "entities": [
+            {"text": "水痘", "type": "disease", "start": 3, "end": 5},
+            {"text": "阿昔洛韦", "type": "drug", "start": 10, "end": 14},
+        ],
+    }
     doc = to_spacy(spacy.blank("zh"), res)  # character segmentation by default
     assert [(e.text, e.label_) for e in doc.ents] == [("水痘", "disease"), ("阿昔洛韦", "drug")]

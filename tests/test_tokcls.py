@@ -75,9 +75,16 @@ def test_chinese_characters_never_share_a_sub_token(tok):
 def test_training_labels_sit_on_the_carrying_sub_tokens(tok):
     text = "Ataxia-telangiectasia is a recessive disorder ."
     offs = _words(text)
-    rec = {"id": "r", "text": text, "tokens": [text[s:e] for s, e in offs], "token_offsets": offs,
-           "entities": [{"text": "Ataxia-telangiectasia", "type": "Disease", "start": 0, "end": 21},
-                        {"text": "recessive disorder", "type": "Disease", "start": 27, "end": 45}]}
+    rec = {
+        "id": "r",
+        "text": text,
+        "tokens": [text[s:e] for s, e in offs],
+        "token_offsets": offs,
+        "entities": [
+            {"text": "Ataxia-telangiectasia", "type": "Disease", "start": 0, "end": 21},
+            {"text": "recessive disorder", "type": "Disease", "start": 27, "end": 45},
+        ],
+    }
     labels = bio_labels(["Disease"])
     f = training_features(rec, tok, {t: i for i, t in enumerate(labels)}, "last", echo=False)
     tagged = [labels[y] for y in f["labels"] if y != IGNORE]
@@ -89,8 +96,13 @@ def test_training_labels_sit_on_the_carrying_sub_tokens(tok):
 
 
 def test_unknown_tag_is_refused_with_the_record(tok):
-    rec = {"id": "c:train:7", "text": "x y", "tokens": ["x", "y"], "token_offsets": [[0, 1], [2, 3]],
-           "entities": [{"text": "x", "type": "Gene", "start": 0, "end": 1}]}
+    rec = {
+        "id": "c:train:7",
+        "text": "x y",
+        "tokens": ["x", "y"],
+        "token_offsets": [[0, 1], [2, 3]],
+        "entities": [{"text": "x", "type": "Gene", "start": 0, "end": 1}],
+    }
     with pytest.raises(TokClsError, match="c:train:7.*B-Gene"):
         training_features(rec, tok, {"O": 0, "B-Disease": 1, "I-Disease": 2}, "last", False)
 
@@ -125,8 +137,17 @@ def test_tags_become_entities_that_slice_the_text():
 @pytest.fixture(scope="module")
 def tokcls_run(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tokcls"
-    run_medner("tokcls", "train", "--config", str(ROOT / "sft/configs/tokcls-tiny.yaml"), f"model={tiny_model}", f"output_dir={out}",
-               "max_steps=4", "save_steps=2", check=True)
+    run_medner(
+        "tokcls",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tokcls-tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={out}",
+        "max_steps=4",
+        "save_steps=2",
+        check=True,
+    )
     return out
 
 
@@ -140,20 +161,50 @@ def test_train_writes_adapter_record_curve_and_resumes(tokcls_run, tiny_model):
     assert summary["steps"] == 4 and summary["dev"] and summary["world_size"] == 1
     assert json.loads((ad / "adapter_config.json").read_text())["modules_to_save"]  # the head is saved in full
     # resumed: two more steps from checkpoint-4, not a fresh start
-    proc = run_medner("tokcls", "train", "--config", str(ROOT / "sft/configs/tokcls-tiny.yaml"), f"model={tiny_model}",
-                      f"output_dir={tokcls_run}", "max_steps=6", "save_steps=2", check=True)
+    proc = run_medner(
+        "tokcls",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tokcls-tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={tokcls_run}",
+        "max_steps=6",
+        "save_steps=2",
+        check=True,
+    )
     assert "resuming from checkpoint-4" in proc.stderr
     # another setup in the same folder is refused in one line
-    bad = run_medner("tokcls", "train", "--config", str(ROOT / "sft/configs/tokcls-tiny.yaml"), f"model={tiny_model}",
-                     f"output_dir={tokcls_run}", "max_steps=8", "echo=true")
+    bad = run_medner(
+        "tokcls",
+        "train",
+        "--config",
+        str(ROOT / "sft/configs/tokcls-tiny.yaml"),
+        f"model={tiny_model}",
+        f"output_dir={tokcls_run}",
+        "max_steps=8",
+        "echo=true",
+    )
     assert bad.returncode == 1 and "holds checkpoints of another setup" in bad.stderr and "echo" in bad.stderr
 
 
 @pytest.mark.slow
 def test_eval_backend_scores_like_the_generative_runs(tokcls_run, tiny_model, tmp_path):
     out = tmp_path / "ev"
-    run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", f"model={tiny_model}",
-               f"adapter={tokcls_run / 'adapter'}", "corpus=ncbi-disease", "split=test", "limit=12", f"out={out}", "bootstrap=50", check=True)
+    run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        "backend=tokcls",
+        f"model={tiny_model}",
+        f"adapter={tokcls_run / 'adapter'}",
+        "corpus=ncbi-disease",
+        "split=test",
+        "limit=12",
+        f"out={out}",
+        "bootstrap=50",
+        check=True,
+    )
     rep = json.loads((out / "report.json").read_text())
     assert rep["records"] == 12 and rep["run"]["backend"] == "tokcls" and "f1" in rep["seqeval"]["micro"]
     preds = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
@@ -162,24 +213,65 @@ def test_eval_backend_scores_like_the_generative_runs(tokcls_run, tiny_model, tm
     assert rep["run"]["tokcls_decode"] == "viterbi"  # as the run was trained (the default)
     # argmax decoding of the same run, chosen at evaluation time: the same offset contract
     arg = tmp_path / "argmax"
-    run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", f"model={tiny_model}", "tokcls_decode=argmax",
-               f"adapter={tokcls_run / 'adapter'}", "corpus=ncbi-disease", "split=test", "limit=12", f"out={arg}", "bootstrap=50", check=True)
+    run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        "backend=tokcls",
+        f"model={tiny_model}",
+        "tokcls_decode=argmax",
+        f"adapter={tokcls_run / 'adapter'}",
+        "corpus=ncbi-disease",
+        "split=test",
+        "limit=12",
+        f"out={arg}",
+        "bootstrap=50",
+        check=True,
+    )
     assert json.loads((arg / "report.json").read_text())["run"]["tokcls_decode"] == "argmax"
     apreds = [json.loads(l) for l in (arg / "predictions.jsonl").read_text().splitlines()]
     assert len(apreds) == 12 and all(p["text"][e["start"] : e["end"]] == e["text"] for p in apreds for e in p["entities"])
     # a tokcls run is not a generative adapter, and a generative adapter is not a tokcls run
-    wrong = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=hf", f"model={tiny_model}",
-                       f"adapter={tokcls_run / 'adapter'}", "limit=2", f"out={tmp_path / 'w'}")
+    wrong = run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        "backend=hf",
+        f"model={tiny_model}",
+        f"adapter={tokcls_run / 'adapter'}",
+        "limit=2",
+        f"out={tmp_path / 'w'}",
+    )
     assert wrong.returncode == 1 and "token-classification run" in wrong.stderr
-    other = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", "corpus=bc5cdr",
-                       f"adapter={tokcls_run / 'adapter'}", "limit=2", f"out={tmp_path / 'o'}")
+    other = run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        "backend=tokcls",
+        "corpus=bc5cdr",
+        f"adapter={tokcls_run / 'adapter'}",
+        "limit=2",
+        f"out={tmp_path / 'o'}",
+    )
     assert other.returncode == 1 and "trained on 'ncbi-disease'" in other.stderr
 
 
 @pytest.mark.slow
 def test_generative_adapter_is_refused_as_tokcls(tiny_adapter, tiny_model, tmp_path):
-    proc = run_medner("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), "backend=tokcls", f"model={tiny_model}",
-                      f"adapter={tiny_adapter}", "limit=2", f"out={tmp_path}")
+    proc = run_medner(
+        "eval",
+        "run",
+        "--config",
+        str(ROOT / "eval/configs/default.yaml"),
+        "backend=tokcls",
+        f"model={tiny_model}",
+        f"adapter={tiny_adapter}",
+        "limit=2",
+        f"out={tmp_path}",
+    )
     assert proc.returncode == 1 and "generative (SFT) adapter" in proc.stderr
 
 

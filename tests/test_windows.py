@@ -37,7 +37,7 @@ def test_annotated_windows_never_cut_an_entity_containing_a_sentence_ender():
 def test_long_sentence_cut_at_token_boundaries_outside_entities():
     tokens = [f"w{i}" for i in range(30)]
     text, offs = join_tokens(tokens, "en")
-    ent = {"start": offs[9][0], "end": offs[11][1], "type": "D", "text": text[offs[9][0]:offs[11][1]]}
+    ent = {"start": offs[9][0], "end": offs[11][1], "type": "D", "text": text[offs[9][0] : offs[11][1]]}
     wins = make_windows(text, offs, "en", chars, 30, [ent])
     assert len(wins) > 1
     assert "".join(text[s:e] for s, e in wins) == text
@@ -50,7 +50,11 @@ def test_raw_windows_overlap_and_duplicates_merge():
     assert wins[0][1] > wins[1][0]  # overlapping
     per_window = []
     for s, e in wins:
-        ents = [{"text": "发热", "type": "symptom", "start": text.index("发热") - s, "end": text.index("发热") + 2 - s}] if s <= 5 and 7 <= e else []
+        ents = (
+            [{"text": "发热", "type": "symptom", "start": text.index("发热") - s, "end": text.index("发热") + 2 - s}]
+            if s <= 5 and 7 <= e
+            else []
+        )
         per_window.append((s, ents))
     merged = merge_window_entities(per_window)
     assert merged == [{"text": "发热", "type": "symptom", "start": 5, "end": 7}]
