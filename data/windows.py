@@ -23,6 +23,23 @@ EN_ENDERS = {".", "?", "!"}
 ZH_ENDERS = set("。！？；!?;")
 
 
+def _first_over(over: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The first j in [lo, hi) with ``over(j)`` (``over`` monotone), else ``hi``: galloping, then bisection."""
+    step, prev = 1, lo
+    j = lo
+    while j < hi and not over(j):
+        prev, j, step = j + 1, j + step, step * 2
+    hi = min(j, hi)
+    lo = prev
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if over(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def _pieces(
     text: str,
     offsets: Sequence[Sequence[int]],
@@ -52,9 +69,12 @@ def _pieces(
             continue
         cur = a  # cut a long sentence at token boundaries, outside entities
         while cur < b:
-            end = cur + 1
-            while end < b and (end - 1 in inside or count(text[offsets[cur][0] : offsets[end][1]]) <= max_tokens):
-                end += 1
+            if inside:
+                end = cur + 1
+                while end < b and (end - 1 in inside or count(text[offsets[cur][0] : offsets[end][1]]) <= max_tokens):
+                    end += 1
+            else:  # raw text: the same cut found in O(log n) counts, not one per token (unpunctuated input)
+                end = _first_over(lambda j, c=cur: count(text[offsets[c][0] : offsets[j][1]]) > max_tokens, cur + 1, b)
             pieces.append((cur, end))
             cur = end
     # piece k spans from the first char of its first token to the start of the next piece

@@ -30,6 +30,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from medner.files import open_private
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "_shards.json"
@@ -49,6 +51,14 @@ def _open(path: str):
 
     filesystem, inner = fs.FileSystem.from_uri(path)
     return filesystem.open_input_stream(inner), path
+
+
+def _adapter_hash(adapter: str | None) -> str | None:
+    """sha256 of an adapter's weights file, so a retrained adapter in the same folder is another setup."""
+    if not adapter:
+        return None
+    f = Path(adapter) / "adapter_model.safetensors"
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
 
 
 def plan_shards(path: str, shard_records: int) -> dict:
@@ -124,7 +134,7 @@ def part_path(out_dir: Path, index: int) -> Path:
 
 def write_part(out_dir: Path, index: int, rows: Sequence[dict]) -> None:
     tmp = out_dir / f".part-{index:05d}.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as fh:
+    with open_private(tmp) as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(tmp, part_path(out_dir, index))
@@ -295,6 +305,17 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(path, shard_records)
+    # everything that changes the output: a rerun into the same folder must match it, or mix two runs' parts
+    plan["setup"] = {
+        "task": task_args,
+        "model": model if urls else None,
+        "base_model": base_model,
+        "adapter": adapter,
+        "adapter_sha256": _adapter_hash(adapter),
+        "window_tokens": window_tokens,
+        "grounded": grounded,
+        "raw": raw,
+    }
     old = out / MANIFEST
     if old.is_file():
         prev = json.loads(old.read_text())
@@ -302,6 +323,13 @@ def run(
             raise RayExtractError(
                 f"{out} holds results of another input or shard size ({prev['input']}, {prev['shard_records']} records per shard); "
                 "use another --out"
+            )
+        was, now = prev.get("setup") or {}, plan["setup"]
+        changed = [k for k in plan["setup"] if k in was and was[k] != plan["setup"][k]] or ([] if was else ["setup (not recorded)"])
+        if changed:
+            raise RayExtractError(
+                f"{out} holds results of another setup ({', '.join(f'{k}: {was.get(k)!r} -> {now.get(k)!r}' for k in changed)}); "
+                "use another --out, or delete it to start over"
             )
     old.write_text(json.dumps(plan, indent=2) + "\n")
     todo = [s for s in plan["shards"] if not part_path(out, s["index"]).is_file()]

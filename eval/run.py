@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 from medner.config import ConfigError, save_config
+from medner.files import open_private
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +93,28 @@ class EvalSettings:
 
 
 def _load_done(path: Path, valid_ids: set[str]) -> dict[str, dict]:
-    """Predictions already written; a torn last line (killed mid-write) is dropped from the file."""
+    """Predictions already written for ``valid_ids``. A torn last line (killed mid-write) is dropped from the
+    file, which is rewritten atomically; predictions of other records (a larger ``limit`` earlier) are kept."""
     done: dict[str, dict] = {}
     if not path.is_file():
         return done
-    good_lines = []
+    good_lines, torn = [], 0
     with path.open(encoding="utf-8") as f:
         for line in f:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
+                torn += 1
                 continue
+            torn += not line.endswith("\n")
             if obj.get("id") in valid_ids:
                 done[obj["id"]] = obj
-                good_lines.append(line if line.endswith("\n") else line + "\n")
-    path.write_text("".join(good_lines), encoding="utf-8")
+            good_lines.append(line if line.endswith("\n") else line + "\n")
+    if torn:
+        tmp = path.with_name(path.name + ".tmp")
+        with open_private(tmp) as fh:
+            fh.write("".join(good_lines))
+        os.replace(tmp, path)
     return done
 
 
@@ -336,7 +344,7 @@ def run(cfg: EvalSettings) -> dict:
         len(todo),
         cfg.backend,
     )
-    fh = pred_path.open("a", encoding="utf-8")
+    fh = open_private(pred_path, "a")
     bar = tqdm(total=len(todo), desc="records", unit="rec")
 
     def write(res: dict) -> None:

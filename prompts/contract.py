@@ -32,6 +32,8 @@ from medner.prompts.render import PROMPT_VERSION, build_messages
 from medner.prompts.schema import answer_schema, max_reply_tokens
 
 MIN_WINDOW_TOKENS = 16
+# the smallest window of text worth a request: a label prompt that leaves less room than this is refused
+MIN_USEFUL_WINDOW_TOKENS = 64
 STATUSES = ("ok", "truncated", "invalid_json", "schema_violation", "error")
 
 
@@ -116,6 +118,50 @@ def resolve_grounded(setting, constrained: bool, backend: str = "server") -> str
     if mode and not constrained:
         raise ValueError("grounded decoding is a decoding constraint: it needs constrained=true")
     return mode
+
+
+class BudgetError(ValueError):
+    """A request that cannot be planned within its budget; ``kind`` is ``labels`` (the prompt cannot fit the
+    context) or ``windows`` (the text needs more upstream requests than allowed)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_budget(text: str, task: Task, cap: int, tokenizer: ChatTokenizer, max_model_len: int, max_windows: int | None) -> int:
+    """Refuse, before any planning, a request that cannot be served well: a label prompt that leaves no useful
+    window in the context, or a text needing more than ``max_windows`` window requests. Returns the estimate
+    of windows. Cost: one tokenization of the text and one of the empty prompt."""
+
+    def count(t: str) -> int:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+
+    prompt = count(
+        tokenizer.apply_chat_template(
+            build_messages("", task.labels, task.lang, task.prompt_version), tokenize=False, add_generation_prompt=True
+        )
+    )
+    useful = min(cap, MIN_USEFUL_WINDOW_TOKENS)
+    # the reply bound of a useful window: up to one mention per token, each with its longest type name
+    type_tokens = max((count(json.dumps(name, ensure_ascii=False)) for name in task.label_names), default=1)
+    reply = useful * (type_tokens + 8) + useful
+    if prompt + useful + reply > max_model_len:
+        chars = sum(len(lab.name) + len(lab.description) for lab in task.labels)
+        raise BudgetError(
+            "labels",
+            f"the prompt for these {len(task.labels)} labels is {prompt:,} tokens ({chars:,} characters of names and descriptions), "
+            f"and the answer for a window of {useful} tokens may need {reply:,} tokens with these type names: together over the "
+            f"model's context of {max_model_len:,} tokens. Send fewer or shorter labels",
+        )
+    windows = -(-count(text) // max(1, min(cap, max_model_len - prompt - reply))) if text.strip() else 0
+    if max_windows is not None and windows > max_windows:
+        raise BudgetError(
+            "windows",
+            f"this text needs about {windows:,} window requests of {cap} tokens; the limit is {max_windows:,} per request "
+            "(max_windows_per_request): split the text, or use `medner extract` for batch work",
+        )
+    return windows
 
 
 def plan_requests(

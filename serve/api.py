@@ -26,14 +26,18 @@ import dataclasses
 import hmac
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medner.data.registry import RegistryError, get_corpus
-from medner.prompts.contract import grounded_mode
+from medner.prompts.contract import BudgetError, grounded_mode
 from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_for
 
 log = logging.getLogger(__name__)
@@ -54,9 +58,51 @@ class Limits:
     request_timeout_s: float = 600.0
     # requests being extracted at once; more get 429 with Retry-After (clients retry) instead of piling up
     max_in_flight: int = 128
+    # upstream chat completions (windows) one request may need; a text needing more is refused with 413 before
+    # any planning (512 windows of 256 tokens: about 500,000 characters of English, 170,000 of Chinese)
+    max_windows_per_request: int = 512
+    # windows of one request in flight upstream at once, and windows of all requests together: one long text
+    # cannot queue thousands of completions ahead of a short one
+    max_windows_in_flight_per_request: int = 8
+    max_upstream_in_flight: int = 64
 
 
-class ExtractRequest(BaseModel):
+def bad_unicode(value: Any, where: str = "") -> str | None:
+    """The path of the first string in ``value`` that is not valid Unicode (a lone surrogate), else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "value"
+        return None
+    if isinstance(value, dict):
+        for i, (k, v) in enumerate(value.items()):
+            bad = bad_unicode(k, f"{where} key {i}") or bad_unicode(v, f"{where}[{i}]")
+            if bad:
+                return bad
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = bad_unicode(v, f"{where}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
+class StrictRequest(BaseModel):
+    """A request body: unknown fields refused (a misspelt field is named, not ignored); every string valid Unicode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid_unicode(self):
+        for name in type(self).model_fields:
+            bad = bad_unicode(getattr(self, name), name)
+            if bad:
+                raise ValueError(f"{bad} is not valid Unicode (it holds a lone surrogate)")
+        return self
+
+
+class ExtractRequest(StrictRequest):
     text: str = Field(..., description="the text to extract from")
     corpus: str | None = Field(None, description="a registered corpus whose label set and language to use")
     labels: list[str] | dict[str, str] | None = Field(None, description="ad-hoc labels, or {label: description}")
@@ -83,9 +129,44 @@ def _check_limits(req: ExtractRequest, limits: Limits) -> None:
             )
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(StrictRequest):
     text: str = Field(..., description="the text to tag")
     corpus: str | None = Field(None, description="the corpus the token-classification run was trained on (default: that one)")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` *as received* (chunked bodies too, which carry no
+    Content-Length) is answered 413 as soon as it crosses the limit; the rest is not read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(
+                        413, f"request body is over {self.max_bytes:,} bytes (max_text_chars, at 4 bytes a character)"
+                    )
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each bad field and why, never echoing what was sent (request text is patient text)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type", "")} for e in errors]
+    return JSONResponse({"detail": detail or "invalid request"}, status_code=422)
 
 
 def create_app(
@@ -105,6 +186,9 @@ def create_app(
     limits = limits or Limits()
     pool = UpstreamPool([url] if isinstance(url, str) else list(url), api_key)
     app = FastAPI(title="medner extraction API", version="1")
+    app.add_middleware(BodyLimit, max_bytes=4 * limits.max_text_chars + 65536)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    upstream_slots = asyncio.Semaphore(limits.max_upstream_in_flight)
     app.state.upstream_pool = pool
     clients: dict[tuple[str, str], ExtractClient] = {}
     versions: dict[tuple[str, str], str] = {}
@@ -155,8 +239,22 @@ def create_app(
         batcher = Batcher(tagger.tag_texts, max_batch=max(1, tagger.batch_size))
     app.state.predict_batcher = batcher
 
+    def authorized(request: Request) -> bool:
+        return want is None or hmac.compare_digest(request.headers.get("authorization", "").encode(), want)
+
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        if not authorized(request):  # without the key: up or not, nothing about the upstreams
+            return await _health_details()
+        return await _health_details(detailed=True)
+
+    async def _health_details(detailed: bool = False):
+        if not detailed:
+            try:
+                res = await _health_details(True)
+            except HTTPException as e:
+                raise HTTPException(e.status_code, detail="not ready") from None
+            return {"status": res["status"]}
         if tagger is not None:  # the in-process model is loaded (the app starts after it); the upstream is optional
             return {"status": "ok", "tokcls": {"corpus": tagger.corpus, "labels": tagger.labels}, "upstream": url}
         if len(pool.urls) > 1:
@@ -223,10 +321,20 @@ def create_app(
         last: ServerError | None = None
         for upstream in await pool.candidates():  # the next healthy replica; on failure the one after it
             try:
-                client = client_for(upstream, name)
+                client = await asyncio.to_thread(client_for, upstream, name)
                 task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name])
                 async with httpx.AsyncClient(timeout=client.timeout_s) as http:
-                    res = await client.extract_one(http, req.text, task, grounded=grounded)
+                    res = await client.extract_one(
+                        http,
+                        req.text,
+                        task,
+                        grounded=grounded,
+                        budget=limits.max_windows_per_request,
+                        window_concurrency=limits.max_windows_in_flight_per_request,
+                        shared=upstream_slots,
+                    )
+            except BudgetError as e:
+                raise HTTPException(422 if e.kind == "labels" else 413, detail=str(e)) from None
             except UnknownModel as e:
                 raise HTTPException(404, detail=str(e)) from None
             except ServerError as e:

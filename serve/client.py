@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import httpx
 
 from medner.data.ground import simple_token_offsets
-from medner.prompts.contract import Plan, Reply, Task, assemble_result, plan_requests, task_for
+from medner.prompts.contract import Plan, Reply, Task, assemble_result, check_budget, plan_requests, task_for
 
 __all__ = ["ExtractClient", "ServerError", "Task", "UnknownModel", "task_for"]
 
@@ -127,8 +127,10 @@ class ExtractClient:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "entities", "schema": plan["schema"], "strict": True}}
         try:
             r = await http.post(f"{self.url}/chat/completions", json=body, headers=self.headers)
-        except httpx.HTTPError as e:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:  # the server's fault: try another
             raise ServerError(f"cannot reach the server at {self.url} ({type(e).__name__})") from None
+        except httpx.HTTPError as e:  # this request's (a read timeout): the server stays in service
+            return {"raw": None, "finish_reason": "error", "error": f"{type(e).__name__} from {self.url}", "output_tokens": 0}
         if r.status_code != 200:
             try:
                 detail = (
@@ -145,17 +147,45 @@ class ExtractClient:
             "output_tokens": (data.get("usage") or {}).get("completion_tokens", 0),
         }
 
-    async def extract_one(self, http: httpx.AsyncClient, text: str, task: Task, offsets=None, grounded: str | None | bool = False) -> dict:
-        """Grounded result for one text: ``{"text", "entities", "dropped", "status", ...}``."""
+    async def extract_one(
+        self,
+        http: httpx.AsyncClient,
+        text: str,
+        task: Task,
+        offsets=None,
+        grounded: str | None | bool = False,
+        budget: int | None = None,
+        window_concurrency: int = 64,
+        shared: asyncio.Semaphore | None = None,
+    ) -> dict:
+        """Grounded result for one text: ``{"text", "entities", "dropped", "status", ...}``. ``budget``: the most
+        window requests the text may need (:func:`check_budget` refuses more before planning); at most
+        ``window_concurrency`` of its windows, and at most ``shared``'s slots over every caller, in flight."""
         t0 = time.perf_counter()
         result: dict = {"text": text, "entities": [], "dropped": [], "status": "ok"}
         if not text.strip():
             result.update(finish_reason="stop", raw=[], output_tokens=0, latency_s=0.0)
             return result
-        offsets = [tuple(o) for o in offsets] if offsets is not None else simple_token_offsets(text, task.lang)
-        plans = self.plan(text, offsets, task, grounded)
-        replies = await asyncio.gather(*(self.complete(http, p) for p in plans))
-        result.update(assemble_result(text, plans, replies))
+        mode = self.grounded if grounded is False else grounded
+
+        def plan() -> list[Plan]:  # CPU-bound (tokenizing, windowing, grammars): run off the event loop
+            if budget is not None:
+                check_budget(text, task, self.window_tokens, self._tok, self.max_model_len or 4096, budget)
+            offs = [tuple(o) for o in offsets] if offsets is not None else simple_token_offsets(text, task.lang)
+            return self.plan(text, offs, task, mode)
+
+        plans = await asyncio.to_thread(plan)
+        mine = asyncio.Semaphore(max(1, window_concurrency))
+
+        async def one(p: Plan) -> Reply:
+            async with mine:
+                if shared is None:
+                    return await self.complete(http, p)
+                async with shared:
+                    return await self.complete(http, p)
+
+        replies = await asyncio.gather(*(one(p) for p in plans))
+        result.update(await asyncio.to_thread(assemble_result, text, plans, replies))
         result["latency_s"] = time.perf_counter() - t0
         return result
 

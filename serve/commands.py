@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from medner.files import open_private
+
 DEFAULT_SERVE_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
@@ -114,7 +116,7 @@ def _extract(a: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return 1 if failed else 0
-    out = open(a.out, "w", encoding="utf-8") if a.out else sys.stdout
+    out = open_private(a.out) if a.out else sys.stdout
     failed = 0
     for res in results:
         shown = {k: res[k] for k in ("id", "text", "entities", "dropped", "status", "error") if k in res}
@@ -146,8 +148,9 @@ def _api(a: argparse.Namespace) -> int:
     url = urls[0] if len(urls) == 1 else urls
     model = a.model or defaults.adapter_name
     auth = read_key(a.api_key_file)
-    # the upstream vLLM server's key: its own file or variable, else the same key (`medner serve` reads MEDNER_API_KEY too)
-    upstream = read_key(a.upstream_key_file, "MEDNER_UPSTREAM_API_KEY") or auth
+    # the upstream vLLM server's key: its own file or variable only. Reusing the client key would let every API
+    # client call vLLM directly, past every limit here; set MEDNER_UPSTREAM_API_KEY to the same value to do so anyway
+    upstream = read_key(a.upstream_key_file, "MEDNER_UPSTREAM_API_KEY")
     if not auth and a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: /v1/extract on {a.host} without an API key: anyone who reaches port {a.port} can use it", file=sys.stderr)
     limits = Limits(
@@ -156,6 +159,7 @@ def _api(a: argparse.Namespace) -> int:
         max_label_chars=a.max_label_chars,
         request_timeout_s=a.request_timeout,
         max_in_flight=a.max_in_flight,
+        max_windows_per_request=a.max_windows,
     )
     tagger = None
     if a.tokcls:
@@ -246,7 +250,7 @@ def add_serve_commands(stages) -> None:
     p.add_argument("--serve-config")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: visible in process listings
     p.add_argument("--api-key-file", help="file whose first line is the key clients must send (default: MEDNER_API_KEY; none = open)")
-    p.add_argument("--upstream-key-file", help="the vLLM server's key (default: MEDNER_UPSTREAM_API_KEY, else the API key)")
+    p.add_argument("--upstream-key-file", help="the vLLM server's key (default: MEDNER_UPSTREAM_API_KEY; never the client key)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback; for a network put a TLS proxy in front, see the README)")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--max-text-chars", type=int, default=1_000_000, help="longest text accepted (413 beyond)")
@@ -254,6 +258,9 @@ def add_serve_commands(stages) -> None:
     p.add_argument("--max-label-chars", type=int, default=500, help="longest label or description (422 beyond)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request before 504")
     p.add_argument("--max-in-flight", type=int, default=128, help="requests extracted at once (429 beyond)")
+    p.add_argument(
+        "--max-windows", type=int, default=512, help="upstream window requests one text may need (413 beyond, decided before planning)"
+    )
     p.add_argument(
         "--tokcls", metavar="RUN_ADAPTER_DIR", help="also serve POST /predict from a `medner tokcls train` run (in process, no vLLM)"
     )
