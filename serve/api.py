@@ -24,20 +24,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from medner.data.registry import RegistryError, get_corpus
+from medner.data.registry import RegistryError, get_corpus, load_registry
 from medner.prompts.contract import BudgetError, grounded_mode
+from medner.serve.chat import ChatError, completion, ground, normalise, plan_chat, stream_events
 from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_for
 
 log = logging.getLogger(__name__)
@@ -118,10 +121,16 @@ def _check_limits(req: ExtractRequest, limits: Limits) -> None:
     if len(req.text) > limits.max_text_chars:
         raise HTTPException(413, detail=f"text is {len(req.text):,} characters; the limit is {limits.max_text_chars:,} (max_text_chars)")
     if req.labels is not None:
-        names = list(req.labels)
+        _check_labels(req.labels, limits)
+
+
+def _check_labels(labels: list[str] | dict[str, str], limits: Limits) -> None:
+    if labels is not None:
+        req_labels = labels
+        names = list(req_labels)
         if len(names) > limits.max_labels:
             raise HTTPException(422, detail=f"{len(names)} labels; the limit is {limits.max_labels} (max_labels)")
-        texts = names + (list(req.labels.values()) if isinstance(req.labels, dict) else [])
+        texts = names + (list(req_labels.values()) if isinstance(req_labels, dict) else [])
         longest = max((len(t) for t in texts), default=0)
         if longest > limits.max_label_chars:
             raise HTTPException(
@@ -347,4 +356,129 @@ def create_app(
             raise HTTPException(503, detail=f"every vLLM server is down ({', '.join(pool.urls)}); retry shortly")
         raise HTTPException(503, detail=str(last) if len(pool.urls) == 1 else f"no vLLM server answered (last: {last})")
 
+    @app.get("/v1/models")
+    async def models_list():
+        """The model this API serves, in OpenAI's list format (what an OpenAI client's ``models.list()`` reads)."""
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "medner"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        size = sum(len(json.dumps(m.get("content"), ensure_ascii=False)) for m in req.messages if isinstance(m, dict))
+        if size > limits.max_text_chars:
+            raise HTTPException(
+                413, detail=f"the messages hold about {size:,} characters; the limit is {limits.max_text_chars:,} (max_text_chars)"
+            )
+        if req.labels is not None:
+            _check_labels(req.labels, limits)
+        if req.model not in (None, model):
+            raise HTTPException(404, detail=f"this API serves model {model!r}, not {req.model!r}")
+        if state["in_flight"] >= limits.max_in_flight:
+            raise HTTPException(
+                429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"}
+            )
+        state["in_flight"] += 1
+        try:
+            done = await asyncio.wait_for(_chat(req), timeout=limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, detail=f"the completion took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
+        finally:
+            state["in_flight"] -= 1
+        if req.stream:
+            return StreamingResponse(stream_events(done), media_type="text/event-stream")
+        return done
+
+    async def _chat(req: ChatRequest) -> dict:
+        try:
+            messages = normalise(req.messages)
+        except ChatError as e:
+            raise HTTPException(e.status, detail=str(e)) from None
+        last: ServerError | None = None
+        for upstream in await pool.candidates():
+            try:
+                client = await asyncio.to_thread(client_for, upstream, model)
+                known = trained_types(client.served_record())
+                labels = list(req.labels) if req.labels else known["labels"]
+                warnings = list(known["warnings"]) + untrained_warning(labels, known["labels"])
+                plan = await asyncio.to_thread(_plan_chat, client, messages, labels, req.max_completion_tokens or req.max_tokens)
+                body = {
+                    "model": model,
+                    "messages": messages,
+                    "temperature": req.temperature or 0,
+                    "max_tokens": plan["max_tokens"],
+                    "structured_outputs": {"grammar": plan["grammar"]},
+                }
+                async with upstream_slots, httpx.AsyncClient(timeout=client.timeout_s) as http:
+                    r = await http.post(f"{upstream}/chat/completions", json=body, headers=pool.headers)
+            except ChatError as e:
+                raise HTTPException(e.status, detail=str(e)) from None
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
+                pool.mark_down(upstream, type(e).__name__)
+                last = ServerError(f"cannot reach the server at {upstream} ({type(e).__name__})")
+                continue
+            except ServerError as e:
+                pool.mark_down(upstream, str(e))
+                last = e
+                continue
+            except httpx.HTTPError as e:
+                raise HTTPException(504, detail=f"the vLLM server did not answer in time ({type(e).__name__})") from None
+            if r.status_code != 200:
+                if r.status_code >= 500:
+                    pool.mark_down(upstream, f"HTTP {r.status_code}")
+                raise HTTPException(
+                    502 if r.status_code >= 500 else 422, detail=f"the vLLM server refused the completion (HTTP {r.status_code})"
+                )
+            pool.answered(upstream)
+            data = r.json()
+            choice = data["choices"][0]
+            raw, finish = choice["message"].get("content"), choice.get("finish_reason")
+            medner = await asyncio.to_thread(ground, plan, raw, finish, labels)
+            if warnings:
+                medner["warnings"] = warnings
+            return completion(model, raw or "", finish, data.get("usage"), medner)
+        if last is None:
+            raise HTTPException(503, detail=f"every vLLM server is down ({', '.join(pool.urls)}); retry shortly")
+        raise HTTPException(503, detail=str(last))
+
     return app
+
+
+class ChatRequest(StrictRequest):
+    """An OpenAI chat-completions body; OpenAI's other sampling fields are accepted and left to medner's defaults
+    (greedy decoding under the grounded grammar)."""
+
+    model_config = ConfigDict(extra="allow")
+    messages: list[Any] = Field(..., description="the conversation, OpenAI style")
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    stream: bool = False
+    # accepted and answered in the trained compact format: vLLM's json_object grammar writes another one
+    response_format: dict | None = None
+    labels: list[str] | dict[str, str] | None = Field(None, description="the types to extract (default: the served model's)")
+
+
+def trained_types(record: dict | None) -> dict:
+    """The types the served model was trained on (its run record), else every registered corpus's, with a warning."""
+    if record and record.get("corpora"):
+        names: list[str] = []
+        for c in record["corpora"].values():
+            names += [n for n in c.get("labels", []) if n not in names]
+        return {"labels": names, "warnings": []}
+    names = []
+    for c in load_registry().values():
+        names += [n for n in c.label_names if n not in names]
+    return {"labels": names, "warnings": ["the served model has no readable run record: types are every registered corpus's"]}
+
+
+def untrained_warning(asked: Sequence[str], known: Sequence[str]) -> list[str]:
+    new = [n for n in asked if n not in known]
+    if not new:
+        return []
+    return [f"type(s) {', '.join(new)} were never trained: the model answers them zero-shot, with unmeasured quality"]
+
+
+def _plan_chat(client: ExtractClient, messages: list[dict], labels: list[str], max_tokens: int | None) -> dict:
+    tok = client._tok
+    prompt = len(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+    return plan_chat(messages, labels, max_tokens, (client.max_model_len or 4096) - prompt - 8)

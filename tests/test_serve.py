@@ -353,3 +353,34 @@ def test_python_extractor_gives_what_the_cli_gives(vllm_server):
     assert one["status"] == "ok" and one["entities"] == cli["entities"]
     many = ner.extract_many([{"id": "a", "text": TEXT}, {"id": "b", "text": ""}])
     assert [r["id"] for r in many] == ["a", "b"] and many[0]["entities"] == one["entities"] and many[1]["entities"] == []
+
+
+@pytest.mark.slow
+def test_chat_completions_with_a_plain_openai_client(vllm_server):
+    from openai import AuthenticationError, OpenAI
+
+    proc, base = _start_api(vllm_server, env={"MEDNER_API_KEY": "k-chat"})
+    try:
+        client = OpenAI(base_url=f"{base}/v1", api_key="k-chat", max_retries=0, timeout=300)
+        assert [m.id for m in client.models.list().data] == ["ner"]
+        q = [{"role": "user", "content": "Which diseases are mentioned in this sentence? " + TEXT}]
+        # response_format json_object is answered in the trained compact format, not vLLM's generic JSON grammar
+        c = client.chat.completions.create(model="ner", messages=q, temperature=0, max_tokens=256, response_format={"type": "json_object"})
+        content = c.choices[0].message.content
+        assert isinstance(json.loads(content)["entities"], list) and ", " not in content
+        medner = c.model_extra["medner"]
+        for e in medner["entities"]:
+            assert q[e["message"]]["content"][e["start"] : e["end"]] == e["text"]
+        streamed = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in client.chat.completions.create(model="ner", messages=q, temperature=0, max_tokens=256, stream=True)
+            if ch.choices
+        )
+        assert streamed == content
+        warned = client.chat.completions.create(model="ner", messages=q, max_tokens=64, extra_body={"labels": ["Gene"]})
+        assert any("never trained" in w for w in warned.model_extra["medner"]["warnings"])
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).chat.completions.create(model="ner", messages=q)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

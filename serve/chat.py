@@ -1,0 +1,138 @@
+"""Chat-style extraction behind an OpenAI-compatible ``POST /v1/chat/completions`` (see ``medner.serve.api``).
+
+A client sends its own conversation: a question around a pasted text, a follow-up turn, any wording the model
+was trained to understand (prompts/instructions.py). The conversation goes upstream as written; what medner adds
+is the decoding constraint and the grounding:
+
+* the reply is decoded under the grounded grammar of the *text message*, the longest user message of the
+  conversation (the pasted text; a follow-up question is short), so every mention is a span of it, in the
+  contract's compact format, whatever ``response_format`` the client asked for (vLLM's own ``json_object``
+  grammar writes another format, which the model was not trained on);
+* types are those the served model was trained on (its run record), or the request's ``labels``; types the
+  model never saw are answered with a warning, never silently;
+* the completion carries ``medner``: the entities with ``message`` (index into ``messages``) and character
+  offsets ``start``/``end`` into that message's content, the parse status and the warnings.
+
+Pure functions: the HTTP side is the API's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from medner.data.ground import simple_token_offsets
+from medner.prompts.contract import parse_reply
+from medner.prompts.grounded import grounded_grammar, grounded_reply_bound
+from medner.prompts.schema import answer_schema
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+ROLES = ("system", "user", "assistant")
+
+
+class ChatError(ValueError):
+    """A conversation that cannot be served: ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def message_text(content: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI content parts of type ``text`` joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    raise ChatError(422, f"{where}.content must be a string or a list of text parts")
+
+
+def normalise(messages: Sequence[Any]) -> list[dict]:
+    """``[{"role", "content": str}]``, checked: known roles, text content, at least one user message."""
+    if not messages:
+        raise ChatError(422, "messages is empty")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ChatError(422, f"messages[{i}].role must be one of {', '.join(ROLES)}")
+        out.append({"role": m["role"], "content": message_text(m.get("content"), f"messages[{i}]")})
+    if not any(m["role"] == "user" for m in out):
+        raise ChatError(422, "messages holds no user message")
+    return out
+
+
+def text_message(messages: Sequence[dict]) -> int:
+    """Index of the message whose spans the answer may use: the longest user message (the pasted text)."""
+    users = [(len(m["content"]), -i, i) for i, m in enumerate(messages) if m["role"] == "user"]
+    return max(users)[2]
+
+
+def language(text: str) -> str:
+    return "zh" if _CJK.search(text) else "en"
+
+
+def plan_chat(messages: list[dict], labels: Sequence[str], max_tokens: int | None, room: int) -> dict:
+    """The upstream request's constraint for a conversation: the grounded grammar over its text message, and
+    ``max_tokens`` (the client's, else the grammar's reply bound, never over the context's ``room``)."""
+    k = text_message(messages)
+    text = messages[k]["content"]
+    offsets = simple_token_offsets(text, language(text))
+    grammar = grounded_grammar(text, offsets, labels, "ordered")
+    bound = grounded_reply_bound(text, offsets, labels, "ordered")
+    if room < 16:
+        raise ChatError(413, f"the conversation leaves {max(0, room)} tokens of the model's context for the answer; send a shorter text")
+    budget = min(bound, room) if max_tokens is None else min(max_tokens, room)
+    return {"message": k, "text": text, "offsets": offsets, "grammar": grammar, "max_tokens": max(1, budget)}
+
+
+def ground(plan: dict, raw: str | None, finish_reason: str | None, labels: Sequence[str]) -> dict:
+    """The ``medner`` field: the reply's mentions with offsets into the text message."""
+    parsed = parse_reply(raw, finish_reason, plan["text"], plan["offsets"], answer_schema(list(labels)))
+    ents = [
+        {"text": e["text"], "type": e["type"], "message": plan["message"], "start": e["start"], "end": e["end"]} for e in parsed["entities"]
+    ]
+    out: dict = {"entities": ents, "status": parsed["status"]}
+    if parsed["error"]:
+        out["error"] = parsed["error"]
+    if parsed["dropped"]:
+        out["dropped"] = len(parsed["dropped"])
+    return out
+
+
+def completion(model: str, content: str, finish_reason: str | None, usage: dict | None, medner: dict) -> dict:
+    """An OpenAI ``chat.completion`` object with the ``medner`` field."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason or "stop", "logprobs": None}
+        ],
+        "usage": usage or {},
+        "medner": medner,
+    }
+
+
+def stream_events(done: dict, piece_chars: int = 16) -> Iterator[str]:
+    """Server-sent events of ``chat.completion.chunk`` objects replaying a finished completion: the role, the
+    content in pieces, then the finish reason with the ``medner`` field, then ``[DONE]``."""
+    base = {"id": done["id"], "object": "chat.completion.chunk", "created": done["created"], "model": done["model"]}
+    choice = done["choices"][0]
+    content = choice["message"]["content"] or ""
+
+    def event(delta: dict, finish: str | None = None, **extra: Any) -> str:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    for i in range(0, len(content), piece_chars):
+        yield event({"content": content[i : i + piece_chars]})
+    yield event({}, choice["finish_reason"], medner=done["medner"], usage=done["usage"])
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,76 @@
+"""Chat-style extraction without a model: the instruction data and the chat endpoint's pure parts."""
+
+import json
+import random
+
+import pytest
+
+from medner.data.records import convert
+from medner.data.registry import get_corpus
+from medner.prompts.instructions import DEFAULT_MIX, load_pool
+from medner.prompts.pairs import record_to_pairs
+from medner.serve.chat import ChatError, ground, normalise, plan_chat, stream_events, text_message
+from medner.serve.chat import completion as chat_completion
+from medner.tokenizer import token_counter
+
+
+def test_pool_has_30_phrasings_per_language_and_a_disjoint_heldout_part():
+    pool = load_pool()
+    for lang in ("en", "zh"):
+        assert len(pool.phrasings[lang]["train"]) >= 30
+        assert pool.phrasings[lang]["heldout"]
+        assert not set(pool.phrasings[lang]["train"]) & set(pool.phrasings[lang]["heldout"])
+
+
+@pytest.mark.parametrize("name", ["bc5cdr", "cmedqaner"])
+def test_chat_pairs_answer_only_the_asked_types_and_never_use_heldout_phrasings(name):
+    corpus = get_corpus(name)
+    pool = load_pool()
+    heldout = [p.split("{")[0] for lang in ("en", "zh") for p in pool.phrasings[lang]["heldout"] if p.split("{")[0]]
+    rng = random.Random(0)
+    count = token_counter()
+    styles = set()
+    for rec in convert(corpus, "train")[:120]:
+        canonical = {p["id"]: p for p in record_to_pairs(rec, corpus, count, 256, "compact-v1")}
+        for p in record_to_pairs(rec, corpus, count, 256, "compact-v1", rng=rng, mix=DEFAULT_MIX):
+            styles.add(p["style"])
+            full = json.loads(canonical[p["id"]]["completion"][0]["content"])["entities"]
+            got = json.loads(p["completion"][0]["content"])["entities"]
+            # the answer is the full answer restricted to some types, in the same order
+            kinds = {e["type"] for e in got}
+            assert got == [e for e in full if e["type"] in kinds] or not got
+            assert all(e["type"] in corpus.label_names for e in got)
+            user = "\n".join(m["content"] for m in p["prompt"] if m["role"] == "user")
+            assert not any(user.startswith(h) for h in heldout if len(h) > 12)
+    assert styles == set(DEFAULT_MIX)
+
+
+def test_messages_are_checked_and_the_text_message_is_the_longest_user_turn():
+    with pytest.raises(ChatError):
+        normalise([])
+    with pytest.raises(ChatError):
+        normalise([{"role": "assistant", "content": "hi"}])
+    msgs = normalise(
+        [
+            {"role": "user", "content": [{"type": "text", "text": "Which diseases? Familial adenomatous polyposis in a patient."}]},
+            {"role": "assistant", "content": '{"entities":[]}'},
+            {"role": "user", "content": "Only colon ones."},
+        ]
+    )
+    assert text_message(msgs) == 0
+
+
+def test_grounded_chat_answer_offsets_slice_the_message_and_stream_replays_it():
+    msgs = normalise([{"role": "user", "content": "Which diseases are mentioned? Familial adenomatous polyposis was seen."}])
+    plan = plan_chat(msgs, ["Disease"], 256, 4000)
+    assert plan["message"] == 0 and "Familial" in plan["grammar"]
+    raw = '{"entities":[{"text":"Familial adenomatous polyposis","type":"Disease"}]}'
+    medner = ground(plan, raw, "stop", ["Disease"])
+    (e,) = medner["entities"]
+    assert msgs[e["message"]]["content"][e["start"] : e["end"]] == e["text"] and medner["status"] == "ok"
+    done = chat_completion("ner", raw, "stop", {}, medner)
+    events = list(stream_events(done, piece_chars=7))
+    assert events[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(ev[len("data: ") :]) for ev in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == raw
+    assert chunks[-1]["medner"] == medner and chunks[-1]["choices"][0]["finish_reason"] == "stop"
