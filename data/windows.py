@@ -74,15 +74,19 @@ def _pieces(
                 while end < b and (end - 1 in inside or count(text[offsets[cur][0] : offsets[end][1]]) <= max_tokens):
                     end += 1
             else:  # raw text: the same cut found in O(log n) counts, not one per token (unpunctuated input)
-                end = _first_over(lambda j, c=cur: count(text[offsets[c][0] : offsets[j][1]]) > max_tokens, cur + 1, b)
+
+                def over(j: int, first: int = offsets[cur][0]) -> bool:
+                    return count(text[first : offsets[j][1]]) > max_tokens
+
+                end = _first_over(over, cur + 1, b)
             pieces.append((cur, end))
             cur = end
     # piece k spans from the first char of its first token to the start of the next piece
     bounds = []
     for k, (a, _b) in enumerate(pieces):
-        s = 0 if k == 0 else offsets[a][0]
-        e = len(text) if k == len(pieces) - 1 else offsets[pieces[k + 1][0]][0]
-        bounds.append((s, e))
+        first = 0 if k == 0 else offsets[a][0]
+        last = len(text) if k == len(pieces) - 1 else offsets[pieces[k + 1][0]][0]
+        bounds.append((first, last))
     return bounds
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from medner.eval.report import _pct
+from medner.eval.score import pct as _pct
 
 CSS = """body{font:14px/1.5 system-ui,sans-serif;max-width:1100px;margin:1rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.2rem .6rem;text-align:right}td:first-child,th:first-child{text-align:left}
@@ -68,9 +68,9 @@ def render(report: dict, records: Sequence[dict] | None = None, preds: dict | No
                 continue
             rid = html.escape(r["id"])
             parts.append(
-                f'<div class="pair" id="{rid}"><span class="lab">{rid}<br>gold</span><span>{_marked(r["text"], gold, pred, "fn")}</span>'
+                f'<div class="pair" id="{rid}"><span class="lab">{rid}<br>gold</span><span>{_marked(r["text"], sorted(gold), pred, "fn")}</span>'
                 f'<span class="lab">predicted{"" if p.get("status", "ok") == "ok" else " (" + html.escape(str(p.get("status"))) + ")"}</span>'
-                f"<span>{_marked(r['text'], pred, gold, 'fp')}</span></div>"
+                f"<span>{_marked(r['text'], sorted(pred), gold, 'fp')}</span></div>"
             )
             shown += 1
             if shown >= limit:

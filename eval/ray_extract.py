@@ -64,7 +64,8 @@ def _adapter_hash(adapter: str | None) -> str | None:
 def plan_shards(path: str, shard_records: int) -> dict:
     """One streaming pass: every line checked, shards as byte ranges of ``shard_records`` non-empty lines."""
     h = hashlib.sha256()
-    shards, start, first_line, n_in_shard, total, offset = [], 0, 1, 0, 0, 0
+    shards: list[dict] = []
+    start, first_line, n_in_shard, total, offset = 0, 1, 0, 0, 0
     stream, name = _open(path)
     with stream:
         lineno = 0

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medner.eval.score import dump
+from medner.eval.score import dump, pct
 
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+_pct = pct
 
 
 def table(report: dict) -> str:

@@ -213,6 +213,8 @@ def _predict_tokcls(cfg: EvalSettings, corpus, records: list[dict], write) -> fl
 
     from medner.tokcls import TokenTagger
 
+    if not cfg.adapter:
+        raise ConfigError("backend=tokcls needs adapter=RUN_ADAPTER_DIR (a `medner tokcls train` run)")
     tagger = TokenTagger.load(cfg.adapter, cfg.model, corpus.name, batch_size=cfg.batch_size, decode=cfg.tokcls_decode)
     tagger.tag_records(records[:1])  # warm-up, untimed, as every backend gets
     t0 = time.perf_counter()
@@ -311,7 +313,7 @@ def run(cfg: EvalSettings) -> dict:
         from medner.tokcls import TokClsError, read_tokcls_record
 
         try:
-            tok_rec = read_tokcls_record(cfg.adapter)
+            tok_rec = read_tokcls_record(cfg.adapter or "")
         except TokClsError as e:
             raise ConfigError(str(e)) from None
         if tok_rec["corpus"] != corpus.name:

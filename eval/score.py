@@ -128,7 +128,7 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
     )
     idx = {lab: i for i, lab in enumerate(labels)}
     per_rec = np.zeros((len(gold), len(labels), 3))  # tp, fp, fn per record and type (BIO-held spans)
-    span_counts = collections.Counter()
+    span_counts: collections.Counter[str] = collections.Counter()
     overlaps_resolved = 0
     fp_counter: collections.Counter = collections.Counter()
     fn_counter: collections.Counter = collections.Counter()
@@ -162,13 +162,13 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
         gc, pc = collections.Counter(g_chars), collections.Counter(p_spans)
         text = rec["text"]
         for (s, e, t), n in (pc - gc).items():
-            key = (text[s:e], t)
-            fp_counter[key] += n
-            fp_example.setdefault(key, (rec["id"], _context(text, s, e)))
+            mention = (text[s:e], t)
+            fp_counter[mention] += n
+            fp_example.setdefault(mention, (rec["id"], _context(text, s, e)))
         for (s, e, t), n in (gc - pc).items():
-            key = (text[s:e], t)
-            fn_counter[key] += n
-            fn_example.setdefault(key, (rec["id"], _context(text, s, e)))
+            mention = (text[s:e], t)
+            fn_counter[mention] += n
+            fn_example.setdefault(mention, (rec["id"], _context(text, s, e)))
 
     rep = classification_report(y_true, y_pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
     per_type = {
@@ -183,8 +183,8 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
         if lab in per_type:
             per_type[lab]["f1_ci95"] = bounds
     sc = span_counts
-    exact = _prf(sc["exact"], sc["pred"] - sc["exact"], sc["gold"] - sc["exact"])
-    partial = _prf(sc["exact"] + sc["partial"], sc["pred"] - sc["exact"] - sc["partial"], sc["gold"] - sc["exact"] - sc["partial"])
+    exact_prf = _prf(sc["exact"], sc["pred"] - sc["exact"], sc["gold"] - sc["exact"])
+    partial_prf = _prf(sc["exact"] + sc["partial"], sc["pred"] - sc["exact"] - sc["partial"], sc["gold"] - sc["exact"] - sc["partial"])
 
     def examples(rows):
         rows = rows[:N_EXAMPLES]
@@ -217,7 +217,7 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
             "macro": {"precision": float(macro["precision"]), "recall": float(macro["recall"]), "f1": float(macro["f1-score"])},
             "per_type": per_type,
         },
-        "spans": {"exact": exact, "partial": partial},
+        "spans": {"exact": exact_prf, "partial": partial_prf},
         "failures": {k: {"count": len(v), "examples": examples(v)} for k, v in fail.items()},
         "overlapping_predictions_resolved": overlaps_resolved,
         "false_positives": top(fp_counter, fp_example),
@@ -276,3 +276,8 @@ def throughput(preds: Iterable[dict], wall_s: float | None = None) -> dict | Non
 
 def dump(obj: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with two decimals, ``-`` when missing (reports and pages)."""
+    return "-" if x is None else f"{100 * x:.2f}"

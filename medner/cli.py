@@ -99,7 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokcls_commands(stages)
     add_serve_commands(stages)
     add_eval_commands(stages)
+
+    pl = stages.add_parser("pull", help="fetch the base model of the shipped adapters (models/), check its sha256, dequantize it")
+    pl.add_argument("--from", dest="source", metavar="FILE", help="a local copy of the official GGUF file (offline)")
+    pl.set_defaults(func=_pull)
     return p
+
+
+def _pull(a: argparse.Namespace) -> int:
+    from medner.pull import pull
+
+    folder = pull(a.source)
+    print(f"base model ready; serve a shipped adapter with: medner serve model={folder} adapter=models/chat-qwen2.5-0.5b", file=sys.stderr)
+    print(folder)
+    return 0
 
 
 def _exit_on_sigterm() -> None:

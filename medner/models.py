@@ -23,6 +23,9 @@ from medner.tokenizer import VENDORED_TOKENIZER
 
 log = logging.getLogger(__name__)
 
+# the run record an adapter carries (medner/runrecord.py reads and checks it; merged folders keep a copy)
+RECORD_NAME = "medner_run.json"
+
 
 class ModelSourceError(RuntimeError):
     pass
@@ -182,7 +185,6 @@ def merge_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Path
 
 def _copy_record(adapter_dir: str | Path, merged_dir: Path) -> None:
     """A merged model keeps its adapter's run record (prompt version, labels): clients read it from the folder."""
-    from medner.runrecord import RECORD_NAME
 
     src = Path(adapter_dir) / RECORD_NAME
     if src.is_file() and not (merged_dir / RECORD_NAME).is_file():

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medner.models import RECORD_NAME, weights_hash
 from medner.prompts.render import PROMPT_VERSION, prompt_versions, template_hash
 from medner.prompts.schema import schema_hash
-
-RECORD_NAME = "medner_run.json"
 
 
 class RunRecordError(ValueError):
@@ -87,8 +86,6 @@ def check_adapter(
                 f"but the registry now has {corpus.label_names}"
             )
     if base_model_dir is not None:
-        from medner.models import weights_hash
-
         want = rec.get("base_model", {}).get("weights_sha256")
         got = weights_hash(Path(base_model_dir))
         if want and got != want:
@@ -97,3 +94,14 @@ def check_adapter(
                 f"(weights {want[:12]}), but {base_model_dir} has weights {got[:12]}; serve it with the base it was trained on"
             )
     return rec
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models"
+
+
+def shipped_adapter(name_or_dir: str) -> Path:
+    """An adapter folder, or the name of one shipped in ``models/`` (``adapter=chat-qwen2.5-0.5b``)."""
+    p = Path(name_or_dir)
+    if p.is_dir() or not (SHIPPED / name_or_dir).is_dir():
+        return p
+    return SHIPPED / name_or_dir

@@ -105,7 +105,7 @@ def grounded_grammar(
         for k in range(1, n):
             lines.append(f"p{k} ::= " + step(_lit(pieces[k][1]), f"p{k + 1}" if k + 1 < n else None, k + 1))
     else:
-        cap = max(1, max_mention_tokens)
+        cap = max(1, max_mention_tokens or n)
         for j in range(n):
             lines.append(f"q{j} ::= p{j}_{j}")
             last = min(n, j + cap) - 1

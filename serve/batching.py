@@ -28,6 +28,7 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        assert self.queue is not None  # made by submit() before it starts this worker
         while True:
             items = [await self.queue.get()]
             deadline = loop.time() + self.max_wait_s

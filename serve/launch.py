@@ -152,12 +152,13 @@ def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:
 def serve(cfg: ServeSettings) -> int:
     from medner.data.registry import get_corpus
     from medner.models import resolve_model
-    from medner.runrecord import check_adapter
+    from medner.runrecord import check_adapter, shipped_adapter
 
     check_merge(cfg)  # before any slow work
     check_parallel(cfg)
     model_dir = resolve_model(cfg.model)
     if cfg.adapter:
+        cfg.adapter = str(shipped_adapter(cfg.adapter))
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
             raise ValueError(f"adapter folder {cfg.adapter} has no adapter_config.json")
         rec = check_adapter(cfg.adapter, model_dir if cfg.check_base_model else None, get_corpus(cfg.corpus), cfg.prompt_version)

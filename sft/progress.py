@@ -44,7 +44,7 @@ class WallClock(TrainerCallback):
         self.total = 0.0
         self.excluded = 0.0  # seconds of dev evaluation / snapshots inside the current step interval
         self.segment_steps: list[float] = []
-        self._last = None
+        self._last = 0.0  # set at the start of training
 
     def exclude(self, seconds: float) -> None:
         self.excluded += seconds

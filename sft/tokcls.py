@@ -152,7 +152,8 @@ class TokClsDevEval:
 
     def __init__(self, records: list[dict], tagger_args: dict, out: Path, clock, write_meta):
         self.records, self.tagger_args, self.out, self.clock, self.write_meta = records, tagger_args, out, clock, write_meta
-        self.best_f1, self.history, self.seconds, self.last_step = None, [], 0.0, -1
+        self.best_f1, self.seconds, self.last_step = None, 0.0, -1
+        self.history: list[dict] = []
 
     def __call__(self, model, tokenizer, state) -> None:
         if not self.records or state.global_step == self.last_step:

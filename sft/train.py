@@ -166,7 +166,8 @@ def build_datasets(cfg: SFTSettings):
     if cfg.max_empty_fraction is not None:
         # a cap, never a quota: the seeded order, with empty answers skipped once the cap is reached
         total = min(cfg.max_train_examples or len(train), len(train))
-        limit, kept, n_empty = int(cfg.max_empty_fraction * total), [], 0
+        limit, n_empty = int(cfg.max_empty_fraction * total), 0
+        kept: list[dict] = []
         for p in train:
             if len(kept) == total:
                 break
