@@ -479,6 +479,7 @@ def bad_bodies(stack: Stack, n: int) -> dict:
         "bodies_tried": len(bodies),
         "bodies_status": codes,
         "bodies_not_4xx_with_message": len(bad),
+        "bodies_500": codes.get("500", 0),
         "bodies_failures": bad[:20],
         "api_answering_after": alive,
     }
@@ -524,6 +525,144 @@ def privacy(stack: Stack) -> dict:
     return {"logs_checked": sorted({p.name for p in stack.logs}), "sentinel_or_key_in_logs": found}
 
 
+# -- 6. hostile but valid ---------------------------------------------------------------------------
+def _hostile_bodies(max_chars: int) -> list[tuple[str, bytes]]:
+    """Inputs inside the published limits that once hurt everyone, and invalid Unicode in every field."""
+    zh, en = "患者腹痛伴恶心呕吐", "patient reports abdominal pain and nausea "
+    out: list[tuple[str, bytes]] = []
+    for n in (10_000, 100_000, max_chars // 2, max_chars):
+        out.append((f"zh unpunctuated {n}", json.dumps({"text": (zh * (n // len(zh) + 1))[:n], "corpus": "cmedqaner"}).encode()))
+        out.append((f"en unpunctuated {n}", json.dumps({"text": (en * (n // len(en) + 1))[:n], "corpus": "ncbi-disease"}).encode()))
+        out.append((f"a*{n} zh", json.dumps({"text": "a" * n, "labels": ["X"], "lang": "zh"}).encode()))
+    for k, width in ((100, 500), (100, 250), (50, 500), (100, 50)):
+        labels = {f"L{i:03d}" + "x" * (width - 4): "d" * width for i in range(k)}
+        out.append(
+            (f"{k} labels of {width}", json.dumps({"text": "Aspirin-induced asthma. " * 160, "labels": labels, "lang": "en"}).encode())
+        )
+    fields = [
+        ("text", b'{"text": "fever \\ud800 and cough", "corpus": "ncbi-disease"}'),
+        ("text end", b'{"text": "fever \\udfff", "corpus": "ncbi-disease"}'),
+        ("corpus", b'{"text": "fever", "corpus": "ncbi\\ud800"}'),
+        ("labels item", b'{"text": "fever", "labels": ["A\\ud800"]}'),
+        ("labels key", b'{"text": "fever", "labels": {"A\\ud800": "d"}}'),
+        ("labels value", b'{"text": "fever", "labels": {"A": "d\\udc00"}}'),
+        ("lang", b'{"text": "fever", "labels": ["A"], "lang": "\\ud800"}'),
+        ("model", b'{"text": "fever", "corpus": "ncbi-disease", "model": "\\ud834"}'),
+        ("grounded", b'{"text": "fever", "corpus": "ncbi-disease", "grounded": "\\ud800"}'),
+        ("misspelt field", b'{"txt": "Patient Zq7Xw9", "corpus": "ncbi-disease"}'),
+    ]
+    for name, body in fields:
+        for rep in (1, 2):
+            out.append((f"surrogate in {name} x{rep}", body.replace(b"fever", b"fever " * rep)))
+    return out
+
+
+def hostile(stack: Stack, max_chars: int = 1_000_000, probe_s: float = 20.0) -> dict:
+    """Hostile but valid input: every body of :func:`_hostile_bodies` (never a 500, answered in time), chunked and
+    slow bodies, and a maximal unpunctuated Chinese text in flight while /health and short requests are timed."""
+    url = f"{stack.base}/v1/extract"
+    statuses: dict[str, int] = {}
+    tried, got_500, slow = 0, 0, []
+    with httpx.Client(timeout=180, headers=stack.headers) as h:
+        for name, body in _hostile_bodies(max_chars):
+            tried += 1
+            t0 = time.monotonic()
+            try:
+                code = h.post(url, content=body, headers={"Content-Type": "application/json"}).status_code
+            except httpx.HTTPError as e:
+                code = type(e).__name__
+            statuses[str(code)] = statuses.get(str(code), 0) + 1
+            got_500 += code == 500
+            if time.monotonic() - t0 > 30:
+                slow.append(name)
+
+        def chunked(n_bytes: int):
+            yield b'{"corpus": "ncbi-disease", "text": "'
+            for _ in range(n_bytes // 100_000):
+                yield b"a" * 100_000
+            yield b'"}'
+
+        for n in (4 * max_chars + 200_000, 12_000_000):
+            tried += 1
+            try:
+                code = h.post(url, content=chunked(n), headers={"Content-Type": "application/json"}).status_code
+            except httpx.HTTPError:  # the server may close the connection after answering 413
+                code = 413
+            statuses[f"chunked {n}"] = code
+            got_500 += code == 500
+
+    async def in_flight() -> dict:
+        huge = {"text": "患者腹痛伴恶心呕吐" * (max_chars // 9), "corpus": "cmedqaner"}
+        lat, healthy = [], []
+        async with httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10), headers=stack.headers) as h:
+            big = asyncio.create_task(h.post(url, json=huge))
+            await asyncio.sleep(1)
+
+            async def short() -> None:
+                while time.monotonic() < stop_at:
+                    t0 = time.monotonic()
+                    try:
+                        r = await h.post(url, json={"text": "Aspirin-induced asthma.", "corpus": "ncbi-disease"}, timeout=60)
+                        healthy.append((r.status_code, time.monotonic() - t0))
+                    except httpx.HTTPError as e:
+                        healthy.append((type(e).__name__, time.monotonic() - t0))
+
+            stop_at = time.monotonic() + probe_s
+            task = asyncio.create_task(short())
+            while time.monotonic() < stop_at:
+                t0 = time.monotonic()
+                try:
+                    await h.get(f"{stack.base}/health", timeout=10)
+                    lat.append(time.monotonic() - t0)
+                except httpx.HTTPError:
+                    lat.append(10.0)
+                await asyncio.sleep(0.25)
+            await task
+            try:
+                big_status = (await asyncio.wait_for(big, 120)).status_code
+            except (asyncio.TimeoutError, httpx.HTTPError) as e:
+                big_status = type(e).__name__
+        lat.sort()
+        times = sorted(t for _, t in healthy)
+        return {
+            "health_p99_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3),
+            "health_probes": len(lat),
+            "healthy_requests": len(healthy),
+            "healthy_200": sum(1 for c, _ in healthy if c == 200),
+            "healthy_p99_s": round(times[min(len(times) - 1, int(0.99 * len(times)))], 3) if times else None,
+            "max_request_status": big_status,
+        }
+
+    flight = asyncio.run(in_flight())
+    got_500 += flight["max_request_status"] == 500
+    return {"tried": tried + 1, "statuses": statuses, "got_500": got_500, "slower_than_30s": slow, **flight}
+
+
+def resume_mismatch(stack: Stack) -> dict:
+    """An eval run and a Ray extraction rerun into the same folder with another corpus: both refused, nothing changed."""
+    out = stack.work / "mismatch"
+    url = f"http://127.0.0.1:{stack.sport}/v1"
+    common = ("eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"url={url}", "limit=4", f"out={out / 'eval'}")
+    first = _medner(*common, "corpus=ncbi-disease", log=stack.log("mismatch")).wait()
+    before = (out / "eval" / "predictions.jsonl").read_bytes() if (out / "eval" / "predictions.jsonl").is_file() else b""
+    eval_refused = _medner(*common, "corpus=cmedqaner", log=stack.log("mismatch")).wait() != 0
+    eval_same = before == ((out / "eval" / "predictions.jsonl").read_bytes() if (out / "eval" / "predictions.jsonl").is_file() else b"")
+    inp = out / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"r{i}", "text": f"Aspirin-induced asthma in patient {i}."}) + "\n" for i in range(8)))
+    ray = ("extract", "--engine", "ray", "--file", str(inp), "--out", str(out / "ray"), "--url", url)
+    ray_first = _medner(*ray, "--corpus", "ncbi-disease", log=stack.log("mismatch")).wait()
+    parts = sorted((out / "ray").glob("part-*.jsonl"))
+    before_parts = [p.read_bytes() for p in parts]
+    ray_refused = _medner(*ray, "--corpus", "cmedqaner", log=stack.log("mismatch")).wait() != 0
+    ray_same = before_parts == [p.read_bytes() for p in sorted((out / "ray").glob("part-*.jsonl"))]
+    return {
+        "eval_first_exit": first,
+        "eval_refused": eval_refused and eval_same,
+        "ray_first_exit": ray_first,
+        "ray_refused": ray_refused and ray_same,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
@@ -532,6 +671,8 @@ def main() -> int:
     ap.add_argument("--eval-records", type=int, default=40)
     ap.add_argument("--results", type=Path, help="write the result here instead of bench/results (tests)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--hostile-chars", type=int, default=1_000_000, help="the largest text of the hostile part (the API's max_text_chars)")
+    ap.add_argument("--hostile-seconds", type=float, default=20, help="how long /health is probed with the largest text in flight")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="medner-reliability-"))
     stack = Stack(work)
@@ -550,13 +691,17 @@ def main() -> int:
         print("eval:", json.dumps(res["eval_resume"]), flush=True)
         res["privacy"] = privacy(stack)
         print("privacy:", json.dumps(res["privacy"]), flush=True)
+        res["hostile"] = hostile(stack, a.hostile_chars, a.hostile_seconds)
+        print("hostile:", json.dumps(res["hostile"]), flush=True)
+        res["resume_mismatch"] = resume_mismatch(stack)
+        print("resume mismatch:", json.dumps(res["resume_mismatch"]), flush=True)
     finally:
         stack.stop()
         if not a.keep:
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
-    L, B, F, E = res["load"], res["bad_input"], res["fault"], res["eval_resume"]
+    L, B, F, E, H = res["load"], res["bad_input"], res["fault"], res["eval_resume"], res["hostile"]
     # in flight at the kill: a 5xx (502-504), or 200 for a request that finished first; never a hang, a 500 or a dropped connection
     fault_ok = not F["hung"] and all(k.isdigit() and (k == "200" or 500 < int(k) < 600) for k in F["in_flight_outcomes"])
     metrics = {
@@ -569,6 +714,13 @@ def main() -> int:
         "bad_inputs_tried": B["bio_tried"] + B["bodies_tried"],
         "bad_inputs_mishandled": (B["bio_tried"] - B["bio_refused_at_file_line"]) + B["bodies_not_4xx_with_message"],
         "crashes": B["bio_crashes"] + F["got_500"] + (0 if B["api_answering_after"] else 1),
+        "status_500": F["got_500"] + H["got_500"] + B.get("bodies_500", 0),
+        "hostile_valid_inputs_tried": H["tried"],
+        "health_p99_during_max_request_s": H["health_p99_s"],
+        "healthy_requests_during_max_request": H["healthy_requests"],
+        "healthy_200_during_max_request": H["healthy_200"],
+        "healthy_p99_during_max_request_s": H["healthy_p99_s"],
+        "resume_mismatch_refused": res["resume_mismatch"]["eval_refused"] and res["resume_mismatch"]["ray_refused"],
         "fault_in_flight_no_hang_no_500": fault_ok,
         "fault_in_flight_5xx": sum(v for k, v in F["in_flight_outcomes"].items() if k.isdigit() and int(k) > 500),
         "fault_outage_status": F["during_outage_status"],

@@ -28,8 +28,18 @@ class PullError(ValueError):
 
 
 def cache_dir() -> Path:
-    """Where the dequantized base lives: ``$MEDNER_HOME/base`` (default ``~/.cache/medner/base``)."""
-    return Path(os.environ.get("MEDNER_HOME", Path.home() / ".cache" / "medner")) / "base"
+    """Where the dequantized base lives: ``medner/`` in the Hugging Face cache (``$HF_HOME``, default
+    ``~/.cache/huggingface``), beside the downloaded file."""
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "medner"
+
+
+def pulled_base() -> Path | None:
+    """The base model to use: ``$MEDNER_BASE_MODEL`` when set, else the pulled one when present, else None."""
+    env = os.environ.get("MEDNER_BASE_MODEL")
+    if env:
+        return Path(env)
+    folder = cache_dir() / BASE_FOLDER
+    return folder if (folder / "config.json").is_file() else None
 
 
 def sha256_of(path: Path) -> str:

@@ -62,8 +62,9 @@ class Limits:
     # requests being extracted at once; more get 429 with Retry-After (clients retry) instead of piling up
     max_in_flight: int = 128
     # upstream chat completions (windows) one request may need; a text needing more is refused with 413 before
-    # any planning (512 windows of 256 tokens: about 500,000 characters of English, 170,000 of Chinese)
-    max_windows_per_request: int = 512
+    # any planning (128 windows of 256 tokens: about 130,000 characters of English, 45,000 of Chinese; longer
+    # documents are batch work for `medner extract`)
+    max_windows_per_request: int = 128
     # windows of one request in flight upstream at once, and windows of all requests together: one long text
     # cannot queue thousands of completions ahead of a short one
     max_windows_in_flight_per_request: int = 8

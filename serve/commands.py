@@ -259,7 +259,7 @@ def add_serve_commands(stages) -> None:
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request before 504")
     p.add_argument("--max-in-flight", type=int, default=128, help="requests extracted at once (429 beyond)")
     p.add_argument(
-        "--max-windows", type=int, default=512, help="upstream window requests one text may need (413 beyond, decided before planning)"
+        "--max-windows", type=int, default=128, help="upstream window requests one text may need (413 beyond, decided before planning)"
     )
     p.add_argument(
         "--tokcls", metavar="RUN_ADAPTER_DIR", help="also serve POST /predict from a `medner tokcls train` run (in process, no vLLM)"

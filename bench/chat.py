@@ -1,0 +1,179 @@
+"""Chat-style extraction, measured: one served model, the test records of each corpus asked in several ways.
+
+    python -m bench.chat --model BASE --adapter ADAPTER [--limit 200] [--corpora ncbi-disease,bc5cdr,cmedqaner]
+
+Every query goes to a real ``medner serve`` (the adapter merged, vLLM's CPU build) the way ``medner api``'s chat
+endpoint sends it: the conversation as written, decoded under the grounded grammar of its text message
+(``medner.serve.chat``). Spans are mapped back to the record's text and scored with eval's seqeval strict scorer.
+
+Variants, each on the same records:
+* ``canonical``      the trained compact prompt (system line naming the corpus's types, the text as user turn);
+* ``heldout_en/zh``  the instruction pool's *held-out* phrasings (never trained), English and Chinese;
+* ``synonyms``       held-out phrasings with the types in synonyms users write (data/corpora.yaml);
+* ``cross_language`` held-out phrasings in the other language than the text;
+* ``subset``         one type at a time (held-out phrasings): per-type F1 against that type under the full query;
+* ``absent``         only types absent from the record: the share answered ``{"entities":[]}``.
+Writes ``bench/results/chat.json`` (metrics per corpus, with ``train_wall_s``/``train_examples`` from the adapter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+from bench.common import ROOT, server, write_result
+from medner.data.records import convert
+from medner.data.registry import Corpus, Label, get_corpus
+from medner.eval.score import score
+from medner.prompts.instructions import load_pool, render_instruction
+from medner.prompts.render import build_messages
+from medner.serve.chat import ground, plan_chat
+from medner.tokenizer import load_tokenizer
+
+VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")
+
+
+def query(rec: dict, corpus: Corpus, variant: str, labels: list[Label], i: int, rng: random.Random) -> list[dict]:
+    """The messages of one variant for one record; ``i`` picks the held-out phrasing (round robin)."""
+    text = rec["text"]
+    heldout = load_pool().phrasings
+    other = "zh" if corpus.lang == "en" else "en"
+    if variant == "canonical":
+        return build_messages(text, labels, corpus.lang, "compact-v1")
+    lang = {"heldout_en": "en", "heldout_zh": "zh", "cross_language": other}.get(variant, corpus.lang)
+    form = "synonym" if variant == "synonyms" else "word"
+    index = i % len(heldout[lang]["heldout"])
+    return render_instruction(text, labels, lang, index, part="heldout", form=form, rng=rng)
+
+
+async def ask(http: httpx.AsyncClient, url: str, messages: list[dict], labels: list[str], tok, room_for: int) -> dict:
+    """One chat request as the chat endpoint sends it; the result grounded in the text message."""
+    prompt = len(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+    plan = plan_chat(messages, labels, None, room_for - prompt - 8)
+    body = {
+        "model": "ner",
+        "messages": messages,
+        "temperature": 0,
+        "max_tokens": plan["max_tokens"],
+        "structured_outputs": {"grammar": plan["grammar"]},
+    }
+    r = await http.post(f"{url}/chat/completions", json=body)
+    r.raise_for_status()
+    choice = r.json()["choices"][0]
+    out = ground(plan, choice["message"]["content"], choice["finish_reason"], labels)
+    out["raw"] = choice["message"]["content"]
+    return {**out, "text_message": plan["text"]}
+
+
+def to_record(rec: dict, res: dict) -> dict:
+    """A prediction on the record's own text: spans of the text message shifted to the record (others dropped)."""
+    at = res["text_message"].find(rec["text"])
+    ents = []
+    for e in res["entities"]:
+        if at >= 0 and at <= e["start"] and e["end"] <= at + len(rec["text"]):
+            ents.append({"text": e["text"], "type": e["type"], "start": e["start"] - at, "end": e["end"] - at})
+    return {"id": rec["id"], "entities": ents, "status": res["status"], "raw": res.get("raw")}
+
+
+async def run_corpus(url: str, corpus: Corpus, records: list[dict], subset_records: int, concurrency: int, ctx: int) -> dict:
+    tok = load_tokenizer()
+    rng = random.Random(0)
+    names = corpus.label_names
+    jobs: list[tuple[str, str, dict, list[dict], list[str]]] = []  # (variant, key, record, messages, labels)
+    for i, rec in enumerate(records):
+        for v in VARIANTS:
+            jobs.append((v, v, rec, query(rec, corpus, v, list(corpus.labels), i, rng), names))
+        present = {e["type"] for e in rec["entities"]}
+        absent = [lab for lab in corpus.labels if lab.name not in present]
+        if absent:
+            jobs.append(("absent", "absent", rec, query(rec, corpus, "heldout_" + corpus.lang, absent, i, rng), [a.name for a in absent]))
+        if i < subset_records:
+            for lab in corpus.labels:
+                jobs.append(("subset", f"subset:{lab.name}", rec, query(rec, corpus, "heldout_" + corpus.lang, [lab], i, rng), [lab.name]))
+    preds: dict[str, dict[str, dict]] = {}
+    sem = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(jobs), desc=corpus.name, unit="query")
+    async with httpx.AsyncClient(timeout=900) as http:
+
+        async def one(job):
+            variant, key, rec, messages, labels = job
+            async with sem:
+                res = await ask(http, url, messages, labels, tok, ctx)
+            preds.setdefault(key, {})[rec["id"]] = to_record(rec, res)
+            bar.update(1)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(j) for j in jobs))
+        wall = time.perf_counter() - t0
+    bar.close()
+    f1 = {v: score(records, preds[v], bootstrap=0)["seqeval"]["micro"]["f1"] for v in VARIANTS}
+    full_types = score(
+        records[:subset_records], {k: preds["heldout_" + corpus.lang][k] for k in (r["id"] for r in records[:subset_records])}, bootstrap=0
+    )["seqeval"]["per_type"]
+    drops = {}
+    for lab in names:
+        one_type = score(records[:subset_records], preds.get(f"subset:{lab}", {}), bootstrap=0)["seqeval"]["per_type"]
+        if lab in full_types and full_types[lab].get("support", 0):
+            drops[lab] = round(full_types[lab]["f1"] - one_type.get(lab, {}).get("f1", 0.0), 4)
+    absent = preds.get("absent", {})
+    empty = sum(1 for p in absent.values() if p["status"] == "ok" and not p["entities"] and p.get("raw") == '{"entities":[]}')
+    return {
+        "test_records": len(records),
+        "f1_canonical": round(f1["canonical"], 4),
+        "f1_heldout_en": round(f1["heldout_en"], 4),
+        "f1_heldout_zh": round(f1["heldout_zh"], 4),
+        "f1_synonyms": round(f1["synonyms"], 4),
+        "f1_cross_language": round(f1["cross_language"], 4),
+        "subset_records": min(subset_records, len(records)),
+        "subset_f1_drop_per_type": drops,
+        "subset_f1_max_drop": max(drops.values()) if drops else None,
+        "absent_type_records": len(absent),
+        "empty_on_absent_types": round(empty / len(absent), 4) if absent else None,
+        "queries": len(jobs),
+        "wall_s": round(wall, 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="the base model folder (medner pull prints it)")
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--corpora", default="ncbi-disease,bc5cdr,cmedqaner")
+    ap.add_argument("--limit", type=int, default=200, help="first N test records of each corpus")
+    ap.add_argument("--subset-records", type=int, default=50, help="records asked one type at a time")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--name", default="chat")
+    a = ap.parse_args()
+    adapter = Path(a.adapter)
+    rec = json.loads((adapter / "medner_run.json").read_text())
+    summary = json.loads((adapter / "training_summary.json").read_text()) if (adapter / "training_summary.json").is_file() else {}
+    metrics: dict = {}
+    log = ROOT / "runs" / "bench" / f"{a.name}-serve.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    first = a.corpora.split(",")[0]
+    with server(a.model, str(adapter), first, log) as url:
+        for name in a.corpora.split(","):
+            corpus = get_corpus(name)
+            records = convert(corpus, "test")[: a.limit]
+            metrics[name] = asyncio.run(run_corpus(url, corpus, records, a.subset_records, a.concurrency, 8192))
+            print(name, json.dumps(metrics[name]), flush=True)
+    metrics["train_wall_s"] = summary.get("train_wall_s")
+    metrics["train_examples"] = rec.get("training", {}).get("train_examples")
+    write_result(
+        a.name,
+        metrics,
+        notes=f"adapter {adapter} (instructions {json.dumps(rec.get('instructions'))}); first {a.limit} test records per corpus; "
+        "held-out phrasings are never trained (prompts/templates/chat-v1/instructions.yaml, part heldout)",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
