@@ -103,7 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     pl = stages.add_parser("pull", help="fetch the base model of the shipped adapters (models/), check its sha256, dequantize it")
     pl.add_argument("--from", dest="source", metavar="FILE", help="a local copy of the official GGUF file (offline)")
     pl.set_defaults(func=_pull)
+
+    ex = stages.add_parser("export", help="an adapter merged into its base: a Hugging Face folder with its model card, optionally GGUF")
+    ex.add_argument("--adapter", required=True, help="an adapter folder, or the name of one shipped in models/")
+    ex.add_argument("--out", required=True, help="the folder to write")
+    ex.add_argument("--model", help="the base model (default: the one its run record names)")
+    ex.add_argument("--gguf", choices=["f16", "q8_0"], help="also write a GGUF file of that type")
+    ex.set_defaults(func=_export)
     return p
+
+
+def _export(a: argparse.Namespace) -> int:
+    from medner.export import export
+
+    written = export(a.adapter, a.out, a.model, a.gguf)
+    for path in written.values():
+        print(path)
+    return 0
 
 
 def _pull(a: argparse.Namespace) -> int:
