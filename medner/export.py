@@ -112,7 +112,7 @@ def _add_tokenizer(w, folder: Path) -> None:
     for tok, i in vocab.items():
         tokens[i] = tok
         types[i] = gguf.TokenType.NORMAL
-    for content, t in added.items():
+    for t in added.values():
         types[t["id"]] = gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
     w.add_tokenizer_model("gpt2")
