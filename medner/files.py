@@ -1,7 +1,9 @@
-"""Files that hold input text (patient text, in clinical use): created readable by their owner only (0600)."""
+"""File helpers: files that hold input text (patient text, in clinical use) created readable by their owner only
+(0600), and the sha256 of a file."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import IO
@@ -16,3 +18,12 @@ def open_private(path: str | Path, mode: str = "w") -> IO[str]:
     fd = os.open(path, flags, 0o600)
     os.fchmod(fd, 0o600)
     return os.fdopen(fd, mode, encoding="utf-8")
+
+
+def sha256_of(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB pieces."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

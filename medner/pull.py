@@ -8,11 +8,11 @@ adapters' base was made (so the adapters' run records, which pin the base's weig
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
+from medner.files import sha256_of
 from medner.tokenizer import VENDORED_TOKENIZER
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,6 @@ def pulled_base() -> Path | None:
         return Path(env)
     folder = cache_dir() / BASE_FOLDER
     return folder if (folder / "config.json").is_file() else None
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(local: str | None = None) -> Path:

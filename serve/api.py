@@ -26,7 +26,7 @@ import dataclasses
 import hmac
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,20 +282,26 @@ def create_app(
             pass
         raise HTTPException(503, detail=f"vLLM server at {only} is not answering")
 
-    @app.post("/v1/extract")
-    async def extract(req: ExtractRequest):
-        _check_limits(req, limits)
+    async def bounded(work: Awaitable[Any], what: str) -> Any:
+        """``work`` within the limits: 429 beyond ``max_in_flight`` requests, 504 past ``request_timeout_s``."""
         if state["in_flight"] >= limits.max_in_flight:
+            if asyncio.iscoroutine(work):
+                work.close()  # never started: closed, so it is not reported as never awaited
             raise HTTPException(
                 429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"}
             )
         state["in_flight"] += 1
         try:
-            return await asyncio.wait_for(_extract(req), timeout=limits.request_timeout_s)
+            return await asyncio.wait_for(work, timeout=limits.request_timeout_s)
         except asyncio.TimeoutError:
-            raise HTTPException(504, detail=f"extraction took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
+            raise HTTPException(504, detail=f"{what} took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
         finally:
             state["in_flight"] -= 1
+
+    @app.post("/v1/extract")
+    async def extract(req: ExtractRequest):
+        _check_limits(req, limits)
+        return await bounded(_extract(req), "extraction")
 
     @app.post("/predict")
     async def predict(req: PredictRequest):
@@ -307,17 +313,7 @@ def create_app(
             )
         if req.corpus and req.corpus != tagger.corpus:
             raise HTTPException(422, detail=f"this model was trained on {tagger.corpus!r}, not {req.corpus!r}")
-        if state["in_flight"] >= limits.max_in_flight:
-            raise HTTPException(
-                429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"}
-            )
-        state["in_flight"] += 1
-        try:
-            res = await asyncio.wait_for(batcher.submit(req.text), timeout=limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, detail=f"tagging took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
-        finally:
-            state["in_flight"] -= 1
+        res = await bounded(batcher.submit(req.text), "tagging")
         return {"text": req.text, "entities": res["entities"], "corpus": tagger.corpus}
 
     async def _extract(req: ExtractRequest) -> dict:
@@ -373,17 +369,7 @@ def create_app(
             _check_labels(req.labels, limits)
         if req.model not in (None, model):
             raise HTTPException(404, detail=f"this API serves model {model!r}, not {req.model!r}")
-        if state["in_flight"] >= limits.max_in_flight:
-            raise HTTPException(
-                429, detail=f"{limits.max_in_flight} requests in flight (max_in_flight); retry shortly", headers={"Retry-After": "1"}
-            )
-        state["in_flight"] += 1
-        try:
-            done = await asyncio.wait_for(_chat(req), timeout=limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, detail=f"the completion took longer than {limits.request_timeout_s:g} s (request_timeout_s)") from None
-        finally:
-            state["in_flight"] -= 1
+        done = await bounded(_chat(req), "the completion")
         if req.stream:
             return StreamingResponse(stream_events(done), media_type="text/event-stream")
         return done

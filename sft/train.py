@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 from medner.config import ConfigError, save_config
+from medner.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,6 @@ class SFTSettings:
     num_threads: int | None = None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 EMPTY_ANSWER = '{"entities":[]}'
 
 
@@ -143,7 +135,7 @@ def build_datasets(cfg: SFTSettings):
                         "corpus": name,
                         "split": split,
                         "file": str(path),
-                        "sha256": _sha256(path),
+                        "sha256": sha256_of(path),
                         "records": len(records),
                         "pairs": len(pairs),
                     }
@@ -156,7 +148,7 @@ def build_datasets(cfg: SFTSettings):
                         "corpus": name,
                         "split": split,
                         "file": str(path),
-                        "sha256": _sha256(path),
+                        "sha256": sha256_of(path),
                         "records": len(records),
                         "dev_records_evaluated": len(dev[name]),
                     }
