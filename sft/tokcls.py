@@ -20,24 +20,18 @@ import time
 from pathlib import Path
 
 from medner.config import ConfigError, save_config
+from medner.sft.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class TokClsSettings:
-    # base model: a Hub id, a local folder or a local .gguf file
-    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
-    # the registered corpus to train on (one: the head's tag set is its labels in BIO)
-    corpora: list[str] = dataclasses.field(default_factory=lambda: ["ncbi-disease"])
-    train_split: str = "train"
-    dev_split: str = "dev"
-    # cap on training windows after a seeded shuffle (null = all)
-    max_train_examples: int | None = None
+class TokClsSettings(TrainingSettings):
+    """Token classification: a BIO tag head on the base (``corpora`` names one corpus, whose tags it learns; the
+    head, ``score``, is trained in full beside the LoRA adapter; ``max_train_examples`` counts windows and
+    ``window_tokens`` fed sub-tokens)."""
+
     output_dir: str = "runs/tokcls"
-    seed: int = 42
-    # windowing cap in fed sub-tokens (data stage rule); the same cap is used at inference (run record)
-    window_tokens: int = 256
     # which sub-token of a word carries its tag: last (Qwen2.5 reads left to right: the first position that
     # has seen the whole word) or first (BERT's convention); the others are left out of the loss
     label_subtoken: str = "last"
@@ -53,35 +47,8 @@ class TokClsSettings:
     quantization: str = "none"
     # weights' dtype: bfloat16 | float32 (the head is trained in float32 either way)
     dtype: str = "bfloat16"
-    # auto | cpu | cuda
-    device: str = "auto"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    # "all-linear" or a list of module names; the classification head ("score") is trained in full
-    lora_target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    num_epochs: float = 1.0
-    # > 0 overrides num_epochs
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    # checkpoints for resume every N steps; the newest save_total_limit are kept
-    save_steps: int = 50
-    save_total_limit: int = 2
-    # dev evaluation every eval_steps steps (0 = only at the end) on the first dev_examples dev records (null = all)
-    eval_steps: int = 0
     dev_examples: int | None = 200
     dev_batch_size: int = 16
-    # stop (with a checkpoint, then the usual adapter and dev evaluation) after this many training seconds over
-    # all resumed segments, dev evaluation excluded; null = no budget
-    max_train_wall_s: float | None = None
-    # CPU threads for torch (null = torch's default)
-    num_threads: int | None = None
 
 
 # what a run cannot change and still be resumed

@@ -20,26 +20,22 @@ from pathlib import Path
 
 from medner.config import ConfigError, save_config
 from medner.files import sha256_of
+from medner.sft.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class SFTSettings:
-    # base model: a Hub id, a local folder or a local .gguf file
-    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
-    # registered corpora to train on; several make a mixture (e.g. [ncbi-disease, cmedqaner])
-    corpora: list[str] = dataclasses.field(default_factory=lambda: ["ncbi-disease"])
-    train_split: str = "train"
-    dev_split: str = "dev"
-    # cap on training pairs after a seeded shuffle of the mixture (null = all)
-    max_train_examples: int | None = None
+class SFTSettings(TrainingSettings):
+    """Generative SFT with TRL: prompt-completion pairs in the contract's answer format (several corpora make a
+    mixture; ``max_train_examples`` counts pairs; ``dev_*`` settings run eval's hf backend)."""
+
+    # dev generation: at most this many new tokens
+    dev_max_new_tokens: int = 256
     # largest share of training pairs whose answer is {"entities":[]} (null = as in the data). Measured on
     # NCBI-disease (46% empty), the only shipped corpus where a 0.2 cap binds: the cap lowered dev F1
     # (see the README), so the default keeps the data's own mix.
     max_empty_fraction: float | None = None
-    output_dir: str = "runs/sft"
-    seed: int = 42
     # prompt templates (prompts/templates/<version>): compact-v1 = label names and one line (cheap to train on;
     # for fine-tuned models), v1 = descriptive labels and the answer format spelled out (for zero-shot). The run
     # record names it; serve, extract and eval query the adapter with it and refuse another.
@@ -47,28 +43,8 @@ class SFTSettings:
     # chat-style instruction data (prompts/instructions.py): style -> weight, e.g. {canonical: 0.3, instruction: 0.2,
     # subset: 0.2, synonyms: 0.1, descriptions: 0.05, multiturn: 0.15}; null = the canonical prompt only
     instruction_mix: dict[str, float] | None = None
-    # windowing cap in Qwen2.5 tokens for long texts (data stage rule)
-    window_tokens: int = 256
     # longest prompt+answer in tokens; a longer training example stops the run (never truncated)
     max_length: int = 1024
-    # nf4 (QLoRA; bitsandbytes 4-bit) | none (bf16 LoRA)
-    quantization: str = "nf4"
-    # auto | cpu | cuda
-    device: str = "auto"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    # "all-linear" or a list of module names
-    lora_target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    num_epochs: float = 1.0
-    # > 0 overrides num_epochs
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    gradient_checkpointing: bool = False
     packing: bool = False
     # flatten each batch into one sequence without padding (sequences kept apart by position_ids). Needs
     # FlashAttention (CUDA): with sdpa/eager attention the examples of a batch attend to each other (a test
@@ -76,28 +52,13 @@ class SFTSettings:
     padding_free: bool = False
     # batches of examples of similar length (less padding when padding_free is off)
     group_by_length: bool = False
-    logging_steps: int = 1
-    # checkpoints for resume every N steps; the newest save_total_limit are kept
-    save_steps: int = 50
-    save_total_limit: int = 2
-    # dev evaluation: every eval_steps steps (0 = only at the end) on the first dev_examples records of
-    # each corpus's dev split (null = the whole split), through eval's hf backend
-    eval_steps: int = 0
-    dev_examples: int | None = 32
-    dev_batch_size: int = 8
     # schema-constrained dev generation (xgrammar) or free decoding
     dev_constrained: bool = True
     # grounded dev generation, as `medner eval run`'s `grounded`: null = ordered when constrained
     dev_grounded: bool | str | None = None
-    dev_max_new_tokens: int = 256
     # keep the adapter when the run has seen each of these many training examples (<output_dir>/curve/step-N),
     # for a learning curve; null = none
     curve_examples: list[int] | None = None
-    # stop (with a checkpoint, then the usual adapter and dev evaluation) once training has taken this many
-    # seconds over all resumed segments, dev evaluation excluded; null = no budget
-    max_train_wall_s: float | None = None
-    # CPU threads for torch (null = torch's default)
-    num_threads: int | None = None
 
 
 EMPTY_ANSWER = '{"entities":[]}'
