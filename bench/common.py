@@ -72,6 +72,9 @@ def write_result(
     return path
 
 
+TABLE_FIGURES = 5  # scalar figures per row of the generated table
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -79,13 +82,15 @@ def _fmt(v) -> str:
 
 
 def update_table() -> None:
-    """Regenerate the results table in BENCHMARKS.md (between its markers) from bench/results/*.json."""
+    """Regenerate the results table in BENCHMARKS.md (between its markers) from bench/results/*.json: the first
+    few scalar figures of each result (the rest, the machine and the command are in its JSON file)."""
     doc = ROOT / "BENCHMARKS.md"
-    rows = ["| benchmark | figures | machine | date | command |", "|---|---|---|---|---|"]
+    rows = ["| benchmark | first figures (all in the JSON) | date |", "|---|---|---|"]
     for p in sorted(RESULTS.glob("*.json")):
         r = json.loads(p.read_text())
-        figs = "; ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items() if not isinstance(v, (dict, list)))
-        rows.append(f"| [{r['benchmark']}](bench/results/{p.name}) | {figs} | {r['machine']} | {r['date'][:10]} | `{r['command']}` |")
+        scalars = [(k, v) for k, v in r["metrics"].items() if not isinstance(v, (dict, list))]
+        figs = "; ".join(f"{k} {_fmt(v)}" for k, v in scalars[:TABLE_FIGURES])
+        rows.append(f"| [{r['benchmark']}](bench/results/{p.name}) | {figs} | {r['date'][:10]} |")
     table = "\n".join(rows)
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
