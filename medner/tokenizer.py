@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 VENDORED_TOKENIZER = Path(__file__).parent / "assets" / "qwen2.5-tokenizer"
@@ -19,3 +20,30 @@ def token_counter(path: str | None = None):
     """A function text -> number of Qwen2.5 tokens (no special tokens)."""
     tok = load_tokenizer(path)
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+class LockedTokenizer:
+    """A tokenizer shared by threads: Hugging Face fast tokenizers refuse concurrent use from several threads
+    ("Already borrowed"), and request planning runs in worker threads. Counting and chat templates go through one
+    lock; anything else is passed through."""
+
+    def __init__(self, tok) -> None:
+        self._tok = tok
+        self._lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._tok(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        with self._lock:
+            return self._tok.apply_chat_template(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tok, name)
+
+
+@functools.lru_cache(maxsize=4)
+def locked_tokenizer(path: str | None = None) -> LockedTokenizer:
+    """The shared tokenizer of ``path`` (default: the vendored one), safe to use from several threads."""
+    return LockedTokenizer(load_tokenizer(path))

@@ -51,16 +51,34 @@ class Task:
     labels: Sequence[Label]
     lang: str
     prompt_version: str = PROMPT_VERSION
+    # a free-form request in the user's words ("Which diseases are mentioned?"), sent instead of the templates:
+    # ``{text}`` in it is replaced by each window's text, else the text follows it on a new line
+    instruction: str | None = None
+
+    def messages(self, text: str) -> list[dict]:
+        """The chat messages of one window: the free-form instruction around it, or the prompt templates."""
+        if self.instruction is None:
+            return build_messages(text, self.labels, self.lang, self.prompt_version)
+        user = self.instruction.replace("{text}", text) if "{text}" in self.instruction else f"{self.instruction}\n{text}"
+        return [{"role": "user", "content": user}]
 
     @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
 
 
-def task_for(corpus=None, labels=None, lang: str = "en", prompt_version: str = PROMPT_VERSION) -> Task:
-    """A task from a registered corpus, or from ad-hoc labels (a list of names or {name: description})."""
+def task_for(corpus=None, labels=None, lang: str = "en", prompt_version: str = PROMPT_VERSION, instruction: str | None = None) -> Task:
+    """A task from a registered corpus, or from ad-hoc labels (a list of names or {name: description}); with
+    ``instruction``, windows are asked in those words instead of the prompt templates."""
+    if instruction is not None and not instruction.strip():
+        raise ValueError("instruction is empty")
     if corpus is not None:
-        return Task(tuple(corpus.labels), corpus.lang, prompt_version)
+        if labels:  # a subset of the corpus's types, in its language
+            by_name = {lab.name: lab for lab in corpus.labels}
+            unknown = [n for n in labels if n not in by_name]
+            if not unknown:
+                return Task(tuple(by_name[n] for n in labels), corpus.lang, prompt_version, instruction)
+        return Task(tuple(corpus.labels), corpus.lang, prompt_version, instruction)
     if not labels:
         raise ValueError("give a corpus or a non-empty label set")
     if isinstance(labels, dict):
@@ -69,7 +87,7 @@ def task_for(corpus=None, labels=None, lang: str = "en", prompt_version: str = P
         labs = [Label(str(k), str(k), "") for k in labels]
     if lang not in ("en", "zh"):
         raise ValueError(f"lang must be 'en' or 'zh', not {lang!r}")
-    return Task(tuple(labs), lang, prompt_version)
+    return Task(tuple(labs), lang, prompt_version, instruction)
 
 
 class Plan(TypedDict):
@@ -137,11 +155,7 @@ def check_budget(text: str, task: Task, cap: int, tokenizer: ChatTokenizer, max_
     def count(t: str) -> int:
         return len(tokenizer(t, add_special_tokens=False)["input_ids"])
 
-    prompt = count(
-        tokenizer.apply_chat_template(
-            build_messages("", task.labels, task.lang, task.prompt_version), tokenize=False, add_generation_prompt=True
-        )
-    )
+    prompt = count(tokenizer.apply_chat_template(task.messages(""), tokenize=False, add_generation_prompt=True))
     useful = min(cap, MIN_USEFUL_WINDOW_TOKENS)
     # the reply bound of a useful window: up to one mention per token, each with its longest type name
     type_tokens = max((count(json.dumps(name, ensure_ascii=False)) for name in task.label_names), default=1)
@@ -196,7 +210,7 @@ def plan_requests(
     for s, e in make_windows(text, offsets, task.lang, count, cap, None):
         wtext = text[s:e]
         woffs = [(a - s, b - s) for a, b in offsets if s <= a and b <= e]
-        messages = build_messages(wtext, task.labels, task.lang, task.prompt_version)
+        messages = task.messages(wtext)
         schema = answer_schema(task.label_names, wtext, len(woffs))
         prompt_tokens = count(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         grammar = None

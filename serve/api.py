@@ -112,6 +112,9 @@ class ExtractRequest(StrictRequest):
     labels: list[str] | dict[str, str] | None = Field(None, description="ad-hoc labels, or {label: description}")
     lang: str = Field("en", description="en or zh (with ad-hoc labels)")
     model: str | None = Field(None, description="served model name (default: the API's model)")
+    instruction: str | None = Field(
+        None, description="a free-form request in your own words ('Which diseases are mentioned?'); {text} marks where the text goes"
+    )
     grounded: bool | str = Field(
         True,
         description="every mention a span of the input, by construction: true (= ordered, the default), ordered, substring, or false for the plain schema",
@@ -319,7 +322,7 @@ def create_app(
     async def _extract(req: ExtractRequest) -> dict:
         try:  # the request itself first: a bad one is 422 whether or not the upstream is up
             corpus = get_corpus(req.corpus) if req.corpus else None
-            task_for(corpus, req.labels, req.lang)
+            task_for(corpus, req.labels, req.lang, instruction=req.instruction)
             grounded = grounded_mode(req.grounded)
         except (RegistryError, ValueError) as e:
             raise HTTPException(422, detail=str(e)) from None
@@ -328,7 +331,8 @@ def create_app(
         for upstream in await pool.candidates():  # the next healthy replica; on failure the one after it
             try:
                 client = await asyncio.to_thread(client_for, upstream, name)
-                task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name])
+                task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name], instruction=req.instruction)
+                warnings = untrained_warning(task.label_names, trained_types(client.served_record())["labels"])
                 async with httpx.AsyncClient(timeout=client.timeout_s) as http:
                     res = await client.extract_one(
                         http,
@@ -348,7 +352,10 @@ def create_app(
                 last = e
                 continue
             pool.answered(upstream)
-            return {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason") if k in res}
+            out = {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason") if k in res}
+            if warnings:
+                out["warnings"] = warnings
+            return out
         if last is None:
             raise HTTPException(503, detail=f"every vLLM server is down ({', '.join(pool.urls)}); retry shortly")
         raise HTTPException(503, detail=str(last) if len(pool.urls) == 1 else f"no vLLM server answered (last: {last})")
@@ -466,6 +473,6 @@ def untrained_warning(asked: Sequence[str], known: Sequence[str]) -> list[str]:
 
 
 def _plan_chat(client: ExtractClient, messages: list[dict], labels: list[str], max_tokens: int | None) -> dict:
-    tok = client._tok
+    tok = client.tokenizer
     prompt = len(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
     return plan_chat(messages, labels, max_tokens, (client.max_model_len or 4096) - prompt - 8)

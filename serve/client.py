@@ -56,9 +56,14 @@ class ExtractClient:
         self.constrained = constrained
         self.max_tokens_cap = max_tokens_cap
         self.grounded = grounded  # None | "ordered" | "substring": every mention a span of the input
-        from medner.tokenizer import load_tokenizer
+        from medner.tokenizer import locked_tokenizer
 
-        self._tok = load_tokenizer()
+        self._tok = locked_tokenizer()  # planning runs in worker threads
+
+    @property
+    def tokenizer(self):
+        """The (thread-safe) tokenizer requests are planned with."""
+        return self._tok
 
     # -- server -----------------------------------------------------------------------------------
     def check_server(self) -> dict:

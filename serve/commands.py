@@ -103,7 +103,11 @@ def _extract(a: argparse.Namespace) -> int:
     client.check_server()
     # the prompt version the served model was trained with (serve config's adapter, or the served folder's record)
     adapter = defaults.adapter if (defaults.adapter and not a.url and not a.model) else None
-    task = task_for(corpus, labels, a.lang, prompt_version=client.task_version(a.prompt_version, adapter))
+    task = task_for(corpus, labels, a.lang, prompt_version=client.task_version(a.prompt_version, adapter), instruction=a.instruction)
+    known = [n for c in ((client.served_record() or {}).get("corpora") or {}).values() for n in c.get("labels", [])]
+    new = [n for n in task.label_names if known and n not in known]
+    if new:
+        print(f"warning: type(s) {', '.join(new)} were never trained: answered zero-shot, with unmeasured quality", file=sys.stderr)
     results = client.extract(items, task, progress=len(items) > 1)
     if a.format:
         from medner.data.formats import write_tool_format
@@ -198,6 +202,7 @@ def add_serve_commands(stages) -> None:
     e.add_argument("--corpus", default="ncbi-disease", help="registered corpus: its labels, descriptions and language")
     e.add_argument("--labels", help="ad-hoc labels instead of a corpus: 'A,B' or JSON {label: description}")
     e.add_argument("--lang", default="en", choices=["en", "zh"], help="language with --labels")
+    e.add_argument("--instruction", help="ask in your own words, e.g. 'Which diseases are mentioned?' ({text} marks where the text goes)")
     e.add_argument("--serve-config", help="serve config to take defaults from")
     e.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: visible in process listings
     e.add_argument("--api-key-file", help="file whose first line is the API key (default: MEDNER_API_KEY)")

@@ -32,9 +32,11 @@ class Extractor:
         prompt_version: str | None = None,
         window_tokens: int = 256,
         concurrency: int = 8,
+        instruction: str | None = None,
     ):
         """``corpus``: a registered label set (its language too); or ``labels`` (names or {name: description}) with
-        ``lang``. ``api_key``: default ``MEDNER_API_KEY``. The prompt version is the served model's trained one."""
+        ``lang``. ``api_key``: default ``MEDNER_API_KEY``. The prompt version is the served model's trained one.
+        ``instruction``: ask in your own words ("Which diseases are mentioned?"; ``{text}`` marks the text's place)."""
         self.client = ExtractClient(
             url,
             model,
@@ -45,7 +47,7 @@ class Extractor:
         )
         self.client.check_server()
         c = get_corpus(corpus) if (corpus and not labels) else None
-        self.task = task_for(c, labels, lang, prompt_version=self.client.task_version(prompt_version))
+        self.task = task_for(c, labels, lang, prompt_version=self.client.task_version(prompt_version), instruction=instruction)
 
     def extract(self, text: str) -> dict:
         """One text -> its grounded result."""

@@ -74,3 +74,15 @@ def test_grounded_chat_answer_offsets_slice_the_message_and_stream_replays_it():
     chunks = [json.loads(ev[len("data: ") :]) for ev in events[:-1]]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == raw
     assert chunks[-1]["medner"] == medner and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_free_form_instruction_wraps_each_window_and_labels_narrow_a_corpus():
+    from medner.prompts.contract import task_for
+
+    corpus = get_corpus("bc5cdr")
+    task = task_for(corpus, ["Chemical"], instruction="Which drugs are mentioned in: {text}")
+    assert task.label_names == ["Chemical"]
+    assert task.messages("Aspirin helps.") == [{"role": "user", "content": "Which drugs are mentioned in: Aspirin helps."}]
+    assert task_for(corpus, instruction="List the chemicals.").messages("x")[0]["content"] == "List the chemicals.\nx"
+    with pytest.raises(ValueError):
+        task_for(corpus, instruction="  ")

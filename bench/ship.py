@@ -1,0 +1,69 @@
+"""Put a trained adapter into ``models/<name>/``: the weights in bf16 safetensors, its LoRA config, run record,
+resolved training config, data manifest and training summary. The model card (README.md) is written beside them
+by hand from the recorded benchmarks; an adapter is replaced only when a recorded benchmark improves.
+
+    python -m bench.ship --adapter runs/chat-qwen2.5-0.5b-cpu/adapter --name chat-qwen2.5-0.5b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from bench.common import ROOT
+
+KEEP = ("adapter_config.json", "medner_run.json", "config.resolved.yaml", "data_manifest.json")
+MAX_MB = 40  # all of models/
+
+
+def ship(adapter: Path, name: str) -> Path:
+    # heavy optional dependencies, needed only here
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = ROOT / "models" / name
+    out.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(out / "adapter_model.safetensors"))
+    for f in KEEP:
+        if (adapter / f).is_file():
+            shutil.copy(adapter / f, out / f)
+    summary = adapter.parent / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        keep = {
+            k: s[k]
+            for k in (
+                "steps",
+                "train_wall_s",
+                "train_examples",
+                "examples_seen",
+                "mean_example_tokens",
+                "train_loss",
+                "mode",
+                "device",
+                "best_dev_f1",
+                "dev",
+            )
+            if k in s
+        }
+        (out / "training_summary.json").write_text(json.dumps(keep, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in (ROOT / "models").rglob("*") if p.is_file()) / 2**20
+    if size > MAX_MB:
+        raise SystemExit(f"models/ would hold {size:.1f} MB (at most {MAX_MB})")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adapter", type=Path, required=True)
+    ap.add_argument("--name", required=True)
+    a = ap.parse_args()
+    print(ship(a.adapter, a.name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
