@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -150,6 +151,7 @@ def main() -> int:
     ap.add_argument("--subset-records", type=int, default=50, help="records asked one type at a time")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--name", default="chat")
+    ap.add_argument("--url", help="a running `medner serve` of this adapter (default: start one)")
     a = ap.parse_args()
     adapter = Path(a.adapter)
     rec = json.loads((adapter / "medner_run.json").read_text())
@@ -158,7 +160,8 @@ def main() -> int:
     log = ROOT / "runs" / "bench" / f"{a.name}-serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     first = a.corpora.split(",")[0]
-    with server(a.model, str(adapter), first, log) as url:
+    with contextlib.ExitStack() as stack:
+        url = a.url or stack.enter_context(server(a.model, str(adapter), first, log))
         for name in a.corpora.split(","):
             corpus = get_corpus(name)
             records = convert(corpus, "test")[: a.limit]

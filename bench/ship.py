@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from bench.common import ROOT
+from medner.pull import BASE_FILE, BASE_FOLDER, BASE_REPO, BASE_SHA256
 
 KEEP = ("adapter_config.json", "medner_run.json", "config.resolved.yaml", "data_manifest.json")
 MAX_MB = 40  # all of models/
@@ -30,6 +31,22 @@ def ship(adapter: Path, name: str) -> Path:
     for f in KEEP:
         if (adapter / f).is_file():
             shutil.copy(adapter / f, out / f)
+    # the base as users get it (medner pull), not the folder it had on the training machine; the weights hash
+    # in the record is what serve and eval check
+    rec = json.loads((out / "medner_run.json").read_text())
+    rec["base_model"].update(
+        source=f"{BASE_REPO}/{BASE_FILE} (sha256 {BASE_SHA256}), dequantized by `medner pull`", path=f"$HF_HOME/medner/{BASE_FOLDER}"
+    )
+    (out / "medner_run.json").write_text(json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
+    lora = json.loads((out / "adapter_config.json").read_text())
+    lora["base_model_name_or_path"] = BASE_FOLDER
+    (out / "adapter_config.json").write_text(json.dumps(lora, indent=2) + "\n")
+    cfg = out / "config.resolved.yaml"
+    if cfg.is_file():
+        lines = [
+            f"model: {BASE_FOLDER}  # medner pull prints its path" if ln.startswith("model:") else ln for ln in cfg.read_text().splitlines()
+        ]
+        cfg.write_text("\n".join(lines) + "\n")
     summary = adapter.parent / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from medner.models import merge_adapter, resolve_model
+from medner.pull import pulled_base
 from medner.runrecord import read_record, shipped_adapter
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,11 @@ def export(adapter: str, out: str | Path, base: str | None = None, gguf_type: st
     rec = read_record(adapter_dir)
     if rec is None:
         raise ValueError(f"{adapter_dir}: no run record (medner_run.json); not an adapter trained by medner")
-    base_src = base or rec.get("base_model", {}).get("path")
+    recorded = rec.get("base_model", {}).get("path")
+    pulled = pulled_base()
+    base_src = base or (recorded if recorded and Path(recorded).is_dir() else (str(pulled) if pulled else None))
     if not base_src:
-        raise ValueError(f"{adapter_dir}: its run record names no base model; pass --model PATH")
+        raise ValueError(f"{adapter_dir}: its base model is not here; run `medner pull`, or pass --model PATH")
     base_dir = resolve_model(base_src)
     out = Path(out)
     folder = merge_adapter(adapter_dir, base_dir, out)
