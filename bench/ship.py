@@ -38,6 +38,12 @@ def ship(adapter: Path, name: str) -> Path:
         source=f"{BASE_REPO}/{BASE_FILE} (sha256 {BASE_SHA256}), dequantized by `medner pull`", path=f"$HF_HOME/medner/{BASE_FOLDER}"
     )
     (out / "medner_run.json").write_text(json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
+    manifest = out / "data_manifest.json"
+    if manifest.is_file():  # data files named relative to the project, not the training machine
+        m = json.loads(manifest.read_text())
+        for f in m.get("files", []):
+            f["file"] = str(Path(f["file"]).resolve().relative_to(ROOT)) if Path(f["file"]).resolve().is_relative_to(ROOT) else f["file"]
+        manifest.write_text(json.dumps(m, indent=2) + "\n")
     lora = json.loads((out / "adapter_config.json").read_text())
     lora["base_model_name_or_path"] = BASE_FOLDER
     (out / "adapter_config.json").write_text(json.dumps(lora, indent=2) + "\n")
