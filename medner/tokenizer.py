@@ -43,7 +43,14 @@ class LockedTokenizer:
         return getattr(self._tok, name)
 
 
-@functools.lru_cache(maxsize=4)
+_SHARED: dict[str | None, LockedTokenizer] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 def locked_tokenizer(path: str | None = None) -> LockedTokenizer:
-    """The shared tokenizer of ``path`` (default: the vendored one), safe to use from several threads."""
-    return LockedTokenizer(load_tokenizer(path))
+    """The one shared tokenizer of ``path`` (default: the vendored one), safe to use from several threads; made
+    once even when several threads ask for it first at the same time (two wrappers would mean two locks)."""
+    with _SHARED_LOCK:
+        if path not in _SHARED:
+            _SHARED[path] = LockedTokenizer(load_tokenizer(path))
+        return _SHARED[path]

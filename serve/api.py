@@ -26,6 +26,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,7 @@ def create_app(
     app.state.upstream_pool = pool
     clients: dict[tuple[str, str], ExtractClient] = {}
     versions: dict[tuple[str, str], str] = {}
+    clients_lock = threading.Lock()
     state = {"in_flight": 0}
     want = f"Bearer {auth_key}".encode() if auth_key else None
 
@@ -227,6 +229,10 @@ def create_app(
         return await call_next(request)
 
     def client_for(upstream: str, name: str) -> ExtractClient:
+        with clients_lock:  # called from worker threads: one client per (upstream, model)
+            return _client_for(upstream, name)
+
+    def _client_for(upstream: str, name: str) -> ExtractClient:
         if (upstream, name) not in clients:
             c = ExtractClient(upstream, name, api_key=api_key, window_tokens=window_tokens, timeout_s=limits.request_timeout_s)
             c.check_server()
