@@ -35,7 +35,7 @@ from medner.data.registry import Corpus, Label, get_corpus
 from medner.eval.score import score
 from medner.prompts.instructions import load_pool, render_instruction
 from medner.prompts.render import build_messages
-from medner.serve.chat import ground, plan_chat
+from medner.serve.chat import ground, plan_for_model
 from medner.tokenizer import load_tokenizer
 
 VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")
@@ -56,8 +56,7 @@ def query(rec: dict, corpus: Corpus, variant: str, labels: list[Label], i: int, 
 
 async def ask(http: httpx.AsyncClient, url: str, messages: list[dict], labels: list[str], tok, room_for: int) -> dict:
     """One chat request as the chat endpoint sends it; the result grounded in the text message."""
-    prompt = len(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
-    plan = plan_chat(messages, labels, None, room_for - prompt - 8)
+    plan = plan_for_model(messages, labels, None, tok, room_for)
     body = {
         "model": "ner",
         "messages": messages,

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medner.data.registry import RegistryError, get_corpus, load_registry
 from medner.prompts.contract import BudgetError, grounded_mode
-from medner.serve.chat import ChatError, completion, ground, normalise, plan_chat, stream_events
+from medner.serve.chat import ChatError, completion, ground, normalise, plan_for_model, stream_events
 from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_for
 
 log = logging.getLogger(__name__)
@@ -479,6 +479,4 @@ def untrained_warning(asked: Sequence[str], known: Sequence[str]) -> list[str]:
 
 
 def _plan_chat(client: ExtractClient, messages: list[dict], labels: list[str], max_tokens: int | None) -> dict:
-    tok = client.tokenizer
-    prompt = len(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
-    return plan_chat(messages, labels, max_tokens, (client.max_model_len or 4096) - prompt - 8)
+    return plan_for_model(messages, labels, max_tokens, client.tokenizer, client.max_model_len or 4096)

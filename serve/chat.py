@@ -91,6 +91,13 @@ def plan_chat(messages: list[dict], labels: Sequence[str], max_tokens: int | Non
     return {"message": k, "text": text, "offsets": offsets, "grammar": grammar, "max_tokens": max(1, budget)}
 
 
+def plan_for_model(messages: list[dict], labels: Sequence[str], max_tokens: int | None, tokenizer, max_model_len: int) -> dict:
+    """:func:`plan_chat` with the room the conversation's prompt leaves in the model's context."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    used = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return plan_chat(messages, labels, max_tokens, max_model_len - used - 8)
+
+
 def ground(plan: dict, raw: str | None, finish_reason: str | None, labels: Sequence[str]) -> dict:
     """The ``medner`` field: the reply's mentions with offsets into the text message."""
     parsed = parse_reply(raw, finish_reason, plan["text"], plan["offsets"], answer_schema(list(labels)))
