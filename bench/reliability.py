@@ -526,19 +526,65 @@ def privacy(stack: Stack) -> dict:
 
 
 # -- 6. hostile but valid ---------------------------------------------------------------------------
-def _hostile_bodies(max_chars: int) -> list[tuple[str, bytes]]:
-    """Inputs inside the published limits that once hurt everyone, and invalid Unicode in every field."""
+def _hostile_bodies(max_chars: int) -> list[tuple[str, str, bytes]]:
+    """Inputs inside the published limits that once hurt everyone, and invalid Unicode in every field:
+    ``(name, path, body)``."""
     zh, en = "患者腹痛伴恶心呕吐", "patient reports abdominal pain and nausea "
-    out: list[tuple[str, bytes]] = []
+    X, C = "/v1/extract", "/v1/chat/completions"
+
+    def body(obj: dict) -> bytes:
+        return json.dumps(obj).encode()
+
+    def fill(unit: str, n: int) -> str:
+        return (unit * (n // len(unit) + 1))[:n]
+
+    out: list[tuple[str, str, bytes]] = []
     for n in (10_000, 100_000, max_chars // 2, max_chars):
-        out.append((f"zh unpunctuated {n}", json.dumps({"text": (zh * (n // len(zh) + 1))[:n], "corpus": "cmedqaner"}).encode()))
-        out.append((f"en unpunctuated {n}", json.dumps({"text": (en * (n // len(en) + 1))[:n], "corpus": "ncbi-disease"}).encode()))
-        out.append((f"a*{n} zh", json.dumps({"text": "a" * n, "labels": ["X"], "lang": "zh"}).encode()))
+        out.append((f"zh unpunctuated {n}", X, body({"text": fill(zh, n), "corpus": "cmedqaner"})))
+        out.append((f"en unpunctuated {n}", X, body({"text": fill(en, n), "corpus": "ncbi-disease"})))
+        out.append((f"a*{n} zh", X, body({"text": "a" * n, "labels": ["X"], "lang": "zh"})))
+    for name, unit in (
+        ("whitespace", " \n\t"),
+        ("newlines", "\n"),
+        ("astral emoji", "😷🦠"),
+        ("combining marks", "e\u0301\u0302"),
+        ("right-to-left", "\u202eمريض "),
+        ("control characters", "\x00\x01\x1b"),
+        ("mixed zh en", "发热 fever "),
+    ):
+        out.append((f"{name} {max_chars // 4}", X, body({"text": fill(unit, max_chars // 4), "corpus": "ncbi-disease"})))
     for k, width in ((100, 500), (100, 250), (50, 500), (100, 50)):
         labels = {f"L{i:03d}" + "x" * (width - 4): "d" * width for i in range(k)}
-        out.append(
-            (f"{k} labels of {width}", json.dumps({"text": "Aspirin-induced asthma. " * 160, "labels": labels, "lang": "en"}).encode())
+        out.append((f"{k} labels of {width}", X, body({"text": "Aspirin-induced asthma. " * 160, "labels": labels, "lang": "en"})))
+    zh_labels = {f"类型{i:03d}" + "病" * 245: "描" * 500 for i in range(100)}
+    out.append(("100 Chinese labels of 500", X, body({"text": zh * 400, "labels": zh_labels, "lang": "zh"})))
+    out.append(("instruction 100000", X, body({"text": "Aspirin-induced asthma.", "corpus": "ncbi-disease", "instruction": "a" * 100_000})))
+    out.append(
+        ("instruction holding the text", X, body({"text": fill(en, 20_000), "corpus": "ncbi-disease", "instruction": "Diseases? {text}"}))
+    )
+    for n in (10_000, max_chars // 2, max_chars):
+        msgs = [{"role": "user", "content": "Which diseases are mentioned?\n" + fill(zh if n > 10_000 else en, n - 40)}]
+        out.append((f"chat {n}", C, body({"messages": msgs})))
+    out.append(("chat 1000 messages", C, body({"messages": [{"role": "user", "content": "fever and cough"}] * 1000})))
+    out.append(("chat text parts 10000", C, body({"messages": [{"role": "user", "content": [{"type": "text", "text": "flu "}] * 10_000}]})))
+    out.append(("chat max_tokens 10**9", C, body({"messages": [{"role": "user", "content": "Asthma?"}], "max_tokens": 10**9})))
+    out.append(
+        (
+            "chat json_object",
+            C,
+            body({"messages": [{"role": "user", "content": fill(en, 5_000)}], "response_format": {"type": "json_object"}}),
         )
+    )
+    out.append(
+        (
+            "chat 100 labels of 500",
+            C,
+            body(
+                {"messages": [{"role": "user", "content": "Asthma."}], "labels": {f"L{i:03d}" + "x" * 496: "d" * 500 for i in range(100)}}
+            ),
+        )
+    )
+    out.append(("chat stream 20000", C, body({"messages": [{"role": "user", "content": fill(en, 20_000)}], "stream": True})))
     fields = [
         ("text", b'{"text": "fever \\ud800 and cough", "corpus": "ncbi-disease"}'),
         ("text end", b'{"text": "fever \\udfff", "corpus": "ncbi-disease"}'),
@@ -551,9 +597,16 @@ def _hostile_bodies(max_chars: int) -> list[tuple[str, bytes]]:
         ("grounded", b'{"text": "fever", "corpus": "ncbi-disease", "grounded": "\\ud800"}'),
         ("misspelt field", b'{"txt": "Patient Zq7Xw9", "corpus": "ncbi-disease"}'),
     ]
-    for name, body in fields:
+    for name, raw in fields:
         for rep in (1, 2):
-            out.append((f"surrogate in {name} x{rep}", body.replace(b"fever", b"fever " * rep)))
+            out.append((f"surrogate in {name} x{rep}", X, raw.replace(b"fever", b"fever " * rep)))
+    for name, raw in (
+        ("message content", b'{"messages": [{"role": "user", "content": "fever \\ud800"}]}'),
+        ("message role", b'{"messages": [{"role": "user\\ud800", "content": "fever"}]}'),
+        ("content part", b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "fever \\udfff"}]}]}'),
+        ("chat labels", b'{"messages": [{"role": "user", "content": "fever"}], "labels": ["A\\ud800"]}'),
+    ):
+        out.append((f"surrogate in {name}", C, raw))
     return out
 
 
@@ -562,19 +615,19 @@ def hostile(stack: Stack, max_chars: int = 1_000_000, probe_s: float = 20.0) -> 
     slow bodies, and a maximal unpunctuated Chinese text in flight while /health and short requests are timed."""
     url = f"{stack.base}/v1/extract"
     statuses: dict[str, int] = {}
-    tried, got_500, slow = 0, 0, []
+    tried, got_500, slow_names = 0, 0, []
     with httpx.Client(timeout=180, headers=stack.headers) as h:
-        for name, body in _hostile_bodies(max_chars):
+        for name, path, body in _hostile_bodies(max_chars):
             tried += 1
             t0 = time.monotonic()
             try:
-                code = h.post(url, content=body, headers={"Content-Type": "application/json"}).status_code
+                code = h.post(f"{stack.base}{path}", content=body, headers={"Content-Type": "application/json"}).status_code
             except httpx.HTTPError as e:
                 code = type(e).__name__
             statuses[str(code)] = statuses.get(str(code), 0) + 1
             got_500 += code == 500
             if time.monotonic() - t0 > 30:
-                slow.append(name)
+                slow_names.append(name)
 
         def chunked(n_bytes: int):
             yield b'{"corpus": "ncbi-disease", "text": "'
@@ -590,6 +643,43 @@ def hostile(stack: Stack, max_chars: int = 1_000_000, probe_s: float = 20.0) -> 
                 code = 413
             statuses[f"chunked {n}"] = code
             got_500 += code == 500
+
+        def slow(parts: list[bytes], pause_s: float):
+            for part in parts:
+                time.sleep(pause_s)
+                yield part
+
+        for name, parts in (
+            (
+                "slow body 5 x 1 s",
+                [b'{"text": "Aspirin-induced ', b"asthma in a ", b"patient with ", b'hypertension.", ', b'"corpus": "ncbi-disease"}'],
+            ),
+            ("slow body 1 byte a time", [bytes([c]) for c in b'{"text": "Asthma.", "corpus": "ncbi-disease"}']),
+        ):
+            tried += 1
+            try:
+                code = h.post(
+                    url, content=slow(parts, 1.0 if len(parts) < 10 else 0.05), headers={"Content-Type": "application/json"}
+                ).status_code
+            except httpx.HTTPError as e:
+                code = type(e).__name__
+            statuses[name] = code
+            got_500 += code == 500
+        # poison requests (refused for themselves, upstream or here) among healthy ones: the healthy ones stay 200
+        poison = [
+            ("/v1/extract", {"text": "Asthma.", "corpus": "ncbi-disease", "model": "no-such-model"}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Asthma."}], "model": "no-such-model"}),
+            ("/v1/extract", {"text": "患者" * 4000, "labels": {f"L{i:03d}" + "x" * 496: "d" * 500 for i in range(100)}, "lang": "zh"}),
+            ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "Asthma."}]}),
+        ]
+        healthy_after_poison = []
+        for _ in range(5):
+            for path, obj in poison:
+                tried += 1
+                code = h.post(f"{stack.base}{path}", json=obj).status_code
+                statuses[f"poison {path}"] = code
+                got_500 += code == 500
+                healthy_after_poison.append(h.post(url, json={"text": "Aspirin-induced asthma.", "corpus": "ncbi-disease"}).status_code)
 
     async def in_flight() -> dict:
         huge = {"text": "患者腹痛伴恶心呕吐" * (max_chars // 9), "corpus": "cmedqaner"}
@@ -635,7 +725,15 @@ def hostile(stack: Stack, max_chars: int = 1_000_000, probe_s: float = 20.0) -> 
 
     flight = asyncio.run(in_flight())
     got_500 += flight["max_request_status"] == 500
-    return {"tried": tried + 1, "statuses": statuses, "got_500": got_500, "slower_than_30s": slow, **flight}
+    return {
+        "tried": tried + 1,
+        "statuses": statuses,
+        "got_500": got_500,
+        "slower_than_30s": slow_names,
+        "healthy_after_poison": len(healthy_after_poison),
+        "healthy_after_poison_200": healthy_after_poison.count(200),
+        **flight,
+    }
 
 
 def resume_mismatch(stack: Stack) -> dict:
@@ -716,6 +814,8 @@ def main() -> int:
         "crashes": B["bio_crashes"] + F["got_500"] + (0 if B["api_answering_after"] else 1),
         "status_500": F["got_500"] + H["got_500"] + B.get("bodies_500", 0),
         "hostile_valid_inputs_tried": H["tried"],
+        "healthy_after_poison": H["healthy_after_poison"],
+        "healthy_after_poison_200": H["healthy_after_poison_200"],
         "health_p99_during_max_request_s": H["health_p99_s"],
         "healthy_requests_during_max_request": H["healthy_requests"],
         "healthy_200_during_max_request": H["healthy_200"],

@@ -54,6 +54,10 @@ class Task:
     # a free-form request in the user's words ("Which diseases are mentioned?"), sent instead of the templates:
     # ``{text}`` in it is replaced by each window's text, else the text follows it on a new line
     instruction: str | None = None
+    # the types the decoder may write when more than the asked ones (the served model's trained types): a
+    # grammar holding only the asked types would force mentions of other types into them; the result keeps
+    # the asked types (:func:`keep_asked`)
+    decode_labels: tuple[str, ...] | None = None
 
     def messages(self, text: str) -> list[dict]:
         """The chat messages of one window: the free-form instruction around it, or the prompt templates."""
@@ -65,6 +69,22 @@ class Task:
     @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
+
+    @property
+    def decode_names(self) -> list[str]:
+        """The types the answer schema and grammar admit: ``decode_labels``, then any asked type not in it."""
+        extra = list(self.decode_labels or ())
+        return extra + [n for n in self.label_names if n not in extra]
+
+
+def keep_asked(result: dict, task: Task) -> dict:
+    """``result`` with only the mentions of the task's asked types; ``other_types`` counts those left out."""
+    asked = set(task.label_names)
+    kept = [e for e in result["entities"] if e["type"] in asked]
+    if len(kept) < len(result["entities"]):
+        result["other_types"] = len(result["entities"]) - len(kept)
+        result["entities"] = kept
+    return result
 
 
 def task_for(corpus=None, labels=None, lang: str = "en", prompt_version: str = PROMPT_VERSION, instruction: str | None = None) -> Task:
@@ -158,13 +178,14 @@ def check_budget(text: str, task: Task, cap: int, tokenizer: ChatTokenizer, max_
     prompt = count(tokenizer.apply_chat_template(task.messages(""), tokenize=False, add_generation_prompt=True))
     useful = min(cap, MIN_USEFUL_WINDOW_TOKENS)
     # the reply bound of a useful window: up to one mention per token, each with its longest type name
-    type_tokens = max((count(json.dumps(name, ensure_ascii=False)) for name in task.label_names), default=1)
+    type_tokens = max((count(json.dumps(name, ensure_ascii=False)) for name in task.decode_names), default=1)
     reply = useful * (type_tokens + 8) + useful
     if prompt + useful + reply > max_model_len:
         chars = sum(len(lab.name) + len(lab.description) for lab in task.labels)
+        asked = f"this instruction ({len(task.instruction):,} characters) and " if task.instruction else ""
         raise BudgetError(
             "labels",
-            f"the prompt for these {len(task.labels)} labels is {prompt:,} tokens ({chars:,} characters of names and descriptions), "
+            f"the prompt for {asked}these {len(task.labels)} labels is {prompt:,} tokens ({chars:,} characters of names and descriptions), "
             f"and the answer for a window of {useful} tokens may need {reply:,} tokens with these type names: together over the "
             f"model's context of {max_model_len:,} tokens. Send fewer or shorter labels",
         )
@@ -207,25 +228,26 @@ def plan_requests(
         return len(tokenizer(t, add_special_tokens=False)["input_ids"])
 
     plans: list[Plan] = []
+    types = task.decode_names
     for s, e in make_windows(text, offsets, task.lang, count, cap, None):
         wtext = text[s:e]
         woffs = [(a - s, b - s) for a, b in offsets if s <= a and b <= e]
         messages = task.messages(wtext)
-        schema = answer_schema(task.label_names, wtext, len(woffs))
+        schema = answer_schema(types, wtext, len(woffs))
         prompt_tokens = count(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         grammar = None
         if grounded:
             entities = schema["properties"]["entities"]
             max_items = entities.get("maxItems")
-            grammar = grounded_grammar(wtext, woffs, task.label_names, grounded, max_items=max_items)
-            bound = grounded_reply_bound(wtext, woffs, task.label_names, grounded, max_items=max_items)
+            grammar = grounded_grammar(wtext, woffs, types, grounded, max_items=max_items)
+            bound = grounded_reply_bound(wtext, woffs, types, grounded, max_items=max_items)
             # the schema only validates here: it must admit every reply the grammar does (any span, and in
             # ordered mode one mention per token), not the rounded bounds that keep schema grammars few
             entities["items"]["properties"]["text"]["maxLength"] = max(1, len(wtext))
             if grounded == "ordered":
                 entities["maxItems"] = len(woffs)
         else:
-            bound = max_reply_tokens(schema, task.label_names) if constrained else 2 * count(wtext) + 64
+            bound = max_reply_tokens(schema, types) if constrained else 2 * count(wtext) + 64
         room = max_model_len - prompt_tokens - 8
         if bound > room and cap > MIN_WINDOW_TOKENS and len(woffs) > 1:
             for p in plan_requests(

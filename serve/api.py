@@ -27,7 +27,7 @@ import hmac
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medner.data.registry import RegistryError, get_corpus, load_registry
 from medner.prompts.contract import BudgetError, grounded_mode
-from medner.serve.chat import ChatError, completion, ground, normalise, plan_for_model, stream_events
+from medner.serve.chat import (
+    ChatError,
+    answer_content,
+    completion,
+    ground,
+    normalise,
+    plan_for_model,
+    stream_events,
+    trained_types,
+    untrained_warning,
+)
 from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_for
 
 log = logging.getLogger(__name__)
@@ -247,8 +257,6 @@ def create_app(
 
     @app.get("/v1/corpora")
     async def corpora():
-        from medner.data.registry import load_registry
-
         return {"corpora": [{"name": c.name, "lang": c.lang, "labels": c.label_names} for c in load_registry().values()]}
 
     batcher = None
@@ -338,7 +346,9 @@ def create_app(
             try:
                 client = await asyncio.to_thread(client_for, upstream, name)
                 task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name], instruction=req.instruction)
-                warnings = untrained_warning(task.label_names, trained_types(client.served_record())["labels"])
+                known = trained_types(client.served_record())
+                warnings = untrained_warning(task.label_names, known["labels"])
+                task = client.decode_wider(task, bool(req.labels))
                 async with httpx.AsyncClient(timeout=client.timeout_s) as http:
                     res = await client.extract_one(
                         http,
@@ -358,7 +368,7 @@ def create_app(
                 last = e
                 continue
             pool.answered(upstream)
-            out = {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason") if k in res}
+            out = {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason", "other_types") if k in res}
             if warnings:
                 out["warnings"] = warnings
             return out
@@ -399,7 +409,9 @@ def create_app(
                 known = trained_types(client.served_record())
                 labels = list(req.labels) if req.labels else known["labels"]
                 warnings = list(known["warnings"]) + untrained_warning(labels, known["labels"])
-                plan = await asyncio.to_thread(_plan_chat, client, messages, labels, req.max_completion_tokens or req.max_tokens)
+                plan = await asyncio.to_thread(
+                    _plan_chat, client, messages, labels, req.max_completion_tokens or req.max_tokens, known["labels"]
+                )
                 body = {
                     "model": model,
                     "messages": messages,
@@ -428,13 +440,16 @@ def create_app(
                     502 if r.status_code >= 500 else 422, detail=f"the vLLM server refused the completion (HTTP {r.status_code})"
                 )
             pool.answered(upstream)
-            data = r.json()
-            choice = data["choices"][0]
-            raw, finish = choice["message"].get("content"), choice.get("finish_reason")
+            try:
+                data = r.json()
+                choice = data["choices"][0]
+                raw, finish = choice["message"].get("content"), choice.get("finish_reason")
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                raise HTTPException(502, detail="the vLLM server's answer was not a chat completion") from None
             medner = await asyncio.to_thread(ground, plan, raw, finish, labels)
             if warnings:
                 medner["warnings"] = warnings
-            return completion(model, raw or "", finish, data.get("usage"), medner)
+            return completion(model, answer_content(raw, medner), finish, data.get("usage"), medner)
         if last is None:
             raise HTTPException(503, detail=f"every vLLM server is down ({', '.join(pool.urls)}); retry shortly")
         raise HTTPException(503, detail=str(last))
@@ -458,25 +473,5 @@ class ChatRequest(StrictRequest):
     labels: list[str] | dict[str, str] | None = Field(None, description="the types to extract (default: the served model's)")
 
 
-def trained_types(record: dict | None) -> dict:
-    """The types the served model was trained on (its run record), else every registered corpus's, with a warning."""
-    if record and record.get("corpora"):
-        names: list[str] = []
-        for c in record["corpora"].values():
-            names += [n for n in c.get("labels", []) if n not in names]
-        return {"labels": names, "warnings": []}
-    names = []
-    for c in load_registry().values():
-        names += [n for n in c.label_names if n not in names]
-    return {"labels": names, "warnings": ["the served model has no readable run record: types are every registered corpus's"]}
-
-
-def untrained_warning(asked: Sequence[str], known: Sequence[str]) -> list[str]:
-    new = [n for n in asked if n not in known]
-    if not new:
-        return []
-    return [f"type(s) {', '.join(new)} were never trained: the model answers them zero-shot, with unmeasured quality"]
-
-
-def _plan_chat(client: ExtractClient, messages: list[dict], labels: list[str], max_tokens: int | None) -> dict:
-    return plan_for_model(messages, labels, max_tokens, client.tokenizer, client.max_model_len or 4096)
+def _plan_chat(client: ExtractClient, messages: list[dict], labels: list[str], max_tokens: int | None, known: list[str]) -> dict:
+    return plan_for_model(messages, labels, max_tokens, client.tokenizer, client.max_model_len or 4096, known)

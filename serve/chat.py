@@ -8,8 +8,9 @@ is the decoding constraint and the grounding:
   conversation (the pasted text; a follow-up question is short), so every mention is a span of it, in the
   contract's compact format, whatever ``response_format`` the client asked for (vLLM's own ``json_object``
   grammar writes another format, which the model was not trained on);
-* types are those the served model was trained on (its run record), or the request's ``labels``; types the
-  model never saw are answered with a warning, never silently;
+* the grammar lets the model write any type it was trained on (its run record), and the answer keeps the asked
+  ones (the request's ``labels``, else every trained type): a grammar holding only the asked types would force
+  mentions of other types into them. Types the model never saw are answered with a warning, never silently;
 * the completion carries ``medner``: the entities with ``message`` (index into ``messages``) and character
   offsets ``start``/``end`` into that message's content, the parse status and the warnings.
 
@@ -26,9 +27,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from medner.data.ground import simple_token_offsets
+from medner.data.registry import load_registry
 from medner.prompts.contract import parse_reply
 from medner.prompts.grounded import grounded_grammar, grounded_reply_bound
-from medner.prompts.schema import answer_schema
+from medner.prompts.schema import answer_json, answer_schema
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
 ROLES = ("system", "user", "assistant")
@@ -77,39 +79,69 @@ def language(text: str) -> str:
     return "zh" if _CJK.search(text) else "en"
 
 
-def plan_chat(messages: list[dict], labels: Sequence[str], max_tokens: int | None, room: int) -> dict:
-    """The upstream request's constraint for a conversation: the grounded grammar over its text message, and
-    ``max_tokens`` (the client's, else the grammar's reply bound, never over the context's ``room``)."""
+def decode_types(asked: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The types the grammar admits: the model's trained ones, then any asked type it does not know."""
+    return list(known) + [t for t in asked if t not in known]
+
+
+def plan_chat(messages: list[dict], labels: Sequence[str], max_tokens: int | None, room: int, known: Sequence[str] = ()) -> dict:
+    """The upstream request's constraint for a conversation: the grounded grammar over its text message with
+    the types :func:`decode_types` gives (``labels`` asked, ``known`` trained), and ``max_tokens`` (the
+    client's, else the grammar's reply bound, never over the context's ``room``)."""
+    labels = decode_types(labels, known)
     k = text_message(messages)
     text = messages[k]["content"]
     offsets = simple_token_offsets(text, language(text))
+    if room < 16:  # before the grammar: its cost grows with the text
+        raise ChatError(413, f"the conversation leaves {max(0, room)} tokens of the model's context for the answer; send a shorter text")
     grammar = grounded_grammar(text, offsets, labels, "ordered")
     bound = grounded_reply_bound(text, offsets, labels, "ordered")
-    if room < 16:
-        raise ChatError(413, f"the conversation leaves {max(0, room)} tokens of the model's context for the answer; send a shorter text")
     budget = min(bound, room) if max_tokens is None else min(max_tokens, room)
-    return {"message": k, "text": text, "offsets": offsets, "grammar": grammar, "max_tokens": max(1, budget)}
+    return {
+        "message": k,
+        "text": text,
+        "offsets": offsets,
+        "grammar": grammar,
+        "max_tokens": max(1, budget),
+        "types": labels,
+    }
 
 
-def plan_for_model(messages: list[dict], labels: Sequence[str], max_tokens: int | None, tokenizer, max_model_len: int) -> dict:
+def plan_for_model(
+    messages: list[dict], labels: Sequence[str], max_tokens: int | None, tokenizer, max_model_len: int, known: Sequence[str] = ()
+) -> dict:
     """:func:`plan_chat` with the room the conversation's prompt leaves in the model's context."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     used = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    return plan_chat(messages, labels, max_tokens, max_model_len - used - 8)
+    return plan_chat(messages, labels, max_tokens, max_model_len - used - 8, known)
 
 
 def ground(plan: dict, raw: str | None, finish_reason: str | None, labels: Sequence[str]) -> dict:
-    """The ``medner`` field: the reply's mentions with offsets into the text message."""
-    parsed = parse_reply(raw, finish_reason, plan["text"], plan["offsets"], answer_schema(list(labels)))
+    """The ``medner`` field: the reply's mentions of the asked ``labels`` with offsets into the text message;
+    ``other_types`` counts mentions of types not asked for, left out (and out of :func:`answer_content`)."""
+    parsed = parse_reply(raw, finish_reason, plan["text"], plan["offsets"], answer_schema(list(plan.get("types") or labels)))
+    asked = set(labels)
     ents = [
-        {"text": e["text"], "type": e["type"], "message": plan["message"], "start": e["start"], "end": e["end"]} for e in parsed["entities"]
+        {"text": e["text"], "type": e["type"], "message": plan["message"], "start": e["start"], "end": e["end"]}
+        for e in parsed["entities"]
+        if e["type"] in asked
     ]
     out: dict = {"entities": ents, "status": parsed["status"]}
+    if len(ents) < len(parsed["entities"]):
+        out["other_types"] = len(parsed["entities"]) - len(ents)
     if parsed["error"]:
         out["error"] = parsed["error"]
     if parsed["dropped"]:
         out["dropped"] = len(parsed["dropped"])
     return out
+
+
+def answer_content(raw: str | None, medner: dict) -> str:
+    """The completion's content: the model's reply as written, or, where mentions of types not asked for were
+    left out, the kept mentions in the same compact format."""
+    if not medner.get("other_types"):
+        return raw or ""
+    return answer_json([{"text": e["text"], "type": e["type"]} for e in medner["entities"]])
 
 
 def completion(model: str, content: str, finish_reason: str | None, usage: dict | None, medner: dict) -> dict:
@@ -143,3 +175,23 @@ def stream_events(done: dict, piece_chars: int = 16) -> Iterator[str]:
         yield event({"content": content[i : i + piece_chars]})
     yield event({}, choice["finish_reason"], medner=done["medner"], usage=done["usage"])
     yield "data: [DONE]\n\n"
+
+
+def trained_types(record: dict | None) -> dict:
+    """The types the served model was trained on (its run record), else every registered corpus's, with a warning."""
+    if record and record.get("corpora"):
+        names: list[str] = []
+        for c in record["corpora"].values():
+            names += [n for n in c.get("labels", []) if n not in names]
+        return {"labels": names, "warnings": []}
+    names = []
+    for c in load_registry().values():
+        names += [n for n in c.label_names if n not in names]
+    return {"labels": names, "warnings": ["the served model has no readable run record: types are every registered corpus's"]}
+
+
+def untrained_warning(asked: Sequence[str], known: Sequence[str]) -> list[str]:
+    new = [n for n in asked if n not in known]
+    if not new:
+        return []
+    return [f"type(s) {', '.join(new)} were never trained: the model answers them zero-shot, with unmeasured quality"]

@@ -10,6 +10,7 @@ response formats (the vLLM server of ``medner serve``). A reply cut by ``max_tok
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ from collections.abc import Sequence
 import httpx
 
 from medner.data.ground import simple_token_offsets
-from medner.prompts.contract import Plan, Reply, Task, assemble_result, check_budget, plan_requests, task_for
+from medner.prompts.contract import Plan, Reply, Task, assemble_result, check_budget, keep_asked, plan_requests, task_for
+from medner.serve.chat import decode_types, trained_types
 
 __all__ = ["ExtractClient", "ServerError", "Task", "UnknownModel", "task_for"]
 
@@ -109,6 +111,14 @@ class ExtractClient:
         rec = read_record(adapter_dir) if adapter_dir else self.served_record()
         return prompt_version_for(requested, rec, f"served model {self.model!r}" if not adapter_dir else adapter_dir)
 
+    def decode_wider(self, task: Task, asked_subset: bool) -> Task:
+        """``task`` decoding with every type the served model was trained on when a subset was asked (its run
+        record says which); the result then keeps the asked types. Unchanged without a record."""
+        known = trained_types(self.served_record())
+        if not asked_subset or known["warnings"]:
+            return task
+        return dataclasses.replace(task, decode_labels=tuple(decode_types(task.label_names, known["labels"])))
+
     # -- one text ---------------------------------------------------------------------------------
     def plan(self, text: str, offsets, task: Task, grounded: str | None | bool = False) -> list[Plan]:
         """``grounded``: False = the client's own setting; None / a mode = this request's."""
@@ -144,13 +154,21 @@ class ExtractClient:
             except ValueError:
                 detail = ""
             return {"raw": None, "finish_reason": "error", "error": f"HTTP {r.status_code}: {str(detail)[:300]}", "output_tokens": 0}
-        data = r.json()
-        choice = data["choices"][0]
-        return {
-            "raw": choice["message"].get("content"),
-            "finish_reason": choice.get("finish_reason"),
-            "output_tokens": (data.get("usage") or {}).get("completion_tokens", 0),
-        }
+        try:
+            data = r.json()
+            choice = data["choices"][0]
+            return {
+                "raw": choice["message"].get("content"),
+                "finish_reason": choice.get("finish_reason"),
+                "output_tokens": (data.get("usage") or {}).get("completion_tokens", 0),
+            }
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):  # a server dying mid-answer
+            return {
+                "raw": None,
+                "finish_reason": "error",
+                "error": f"HTTP 200 without a chat completion from {self.url}",
+                "output_tokens": 0,
+            }
 
     async def extract_one(
         self,
@@ -191,6 +209,7 @@ class ExtractClient:
 
         replies = await asyncio.gather(*(one(p) for p in plans))
         result.update(await asyncio.to_thread(assemble_result, text, plans, replies))
+        keep_asked(result, task)
         result["latency_s"] = time.perf_counter() - t0
         return result
 

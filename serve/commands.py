@@ -73,6 +73,7 @@ def _read_inputs(a: argparse.Namespace) -> list[dict]:
 
 def _extract(a: argparse.Namespace) -> int:
     from medner.data.registry import get_corpus
+    from medner.serve.chat import trained_types, untrained_warning
     from medner.serve.client import ExtractClient, task_for
 
     defaults = _serve_defaults(a.serve_config)
@@ -104,10 +105,10 @@ def _extract(a: argparse.Namespace) -> int:
     # the prompt version the served model was trained with (serve config's adapter, or the served folder's record)
     adapter = defaults.adapter if (defaults.adapter and not a.url and not a.model) else None
     task = task_for(corpus, labels, a.lang, prompt_version=client.task_version(a.prompt_version, adapter), instruction=a.instruction)
-    known = [n for c in ((client.served_record() or {}).get("corpora") or {}).values() for n in c.get("labels", [])]
-    new = [n for n in task.label_names if known and n not in known]
-    if new:
-        print(f"warning: type(s) {', '.join(new)} were never trained: answered zero-shot, with unmeasured quality", file=sys.stderr)
+    known = trained_types(client.served_record())
+    for w in untrained_warning(task.label_names, known["labels"]) if not known["warnings"] else []:
+        print(f"warning: {w}", file=sys.stderr)
+    task = client.decode_wider(task, bool(labels))
     results = client.extract(items, task, progress=len(items) > 1)
     if a.format:
         from medner.data.formats import write_tool_format

@@ -9,7 +9,7 @@ from medner.data.records import convert
 from medner.data.registry import get_corpus
 from medner.prompts.instructions import DEFAULT_MIX, load_pool
 from medner.prompts.pairs import record_to_pairs
-from medner.serve.chat import ChatError, ground, normalise, plan_chat, stream_events, text_message
+from medner.serve.chat import ChatError, answer_content, decode_types, ground, normalise, plan_chat, stream_events, text_message
 from medner.serve.chat import completion as chat_completion
 from medner.tokenizer import token_counter
 
@@ -86,3 +86,29 @@ def test_a_free_form_instruction_wraps_each_window_and_labels_narrow_a_corpus():
     assert task_for(corpus, instruction="List the chemicals.").messages("x")[0]["content"] == "List the chemicals.\nx"
     with pytest.raises(ValueError):
         task_for(corpus, instruction="  ")
+
+
+def test_a_subset_is_decoded_with_every_trained_type_and_answered_with_the_asked_ones():
+    # a grammar holding only the asked type would force "aspirin" into Disease; with the trained types it is
+    # written as a Chemical and left out of the answer
+    msgs = normalise([{"role": "user", "content": "Only the diseases, please: aspirin caused asthma."}])
+    plan = plan_chat(msgs, ["Disease"], None, 4000, known=["Chemical", "Disease"])
+    assert plan["types"] == ["Chemical", "Disease"] and "Chemical" in plan["grammar"].split("type ::=")[1].splitlines()[0]
+    raw = '{"entities":[{"text":"aspirin","type":"Chemical"},{"text":"asthma","type":"Disease"}]}'
+    medner = ground(plan, raw, "stop", ["Disease"])
+    assert [e["text"] for e in medner["entities"]] == ["asthma"] and medner["other_types"] == 1
+    assert answer_content(raw, medner) == '{"entities":[{"text":"asthma","type":"Disease"}]}'
+    assert answer_content(raw, ground(plan, raw, "stop", ["Chemical", "Disease"])) == raw  # nothing left out: as written
+    assert decode_types(["Gene"], ["Chemical", "Disease"]) == ["Chemical", "Disease", "Gene"]
+
+
+def test_an_extract_subset_keeps_the_asked_types_of_a_wider_decoding():
+    import dataclasses
+
+    from medner.prompts.contract import keep_asked, task_for
+
+    task = dataclasses.replace(task_for(get_corpus("bc5cdr"), ["Chemical"]), decode_labels=("Chemical", "Disease"))
+    assert task.label_names == ["Chemical"] and task.decode_names == ["Chemical", "Disease"]
+    assert "Disease" not in task.messages("Aspirin caused asthma.")[0]["content"]  # the prompt asks for the subset only
+    res = keep_asked({"entities": [{"text": "aspirin", "type": "Chemical"}, {"text": "asthma", "type": "Disease"}]}, task)
+    assert res["entities"] == [{"text": "aspirin", "type": "Chemical"}] and res["other_types"] == 1
