@@ -100,8 +100,8 @@ def main() -> int:
         "eval-speed",
         metrics,
         command=f"python -m bench.eval_speed --model MODEL{' --adapter ADAPTER' if a.adapter else ''} --n {a.n}",
-        notes=f"model: {a.model_name}{' + the NCBI-disease LoRA adapter' if a.adapter else ''}; first {a.n} {a.corpus} test records, greedy, "
-        "schema-constrained unless named 'free'; all paths run medner's own eval harness (same prompts, windows, bounds, parsing) "
+        notes=f"model: {a.model_name}{f' + the adapter {a.adapter}' if a.adapter else ''}; first {a.n} {a.corpus} test records, greedy, "
+        "the default decoding (grounded, ordered) unless named 'free'; all paths run medner's own eval harness (same prompts, windows, bounds, parsing) "
         "on the same weights (the adapter merged into the base once, merge=auto on this CPU-only machine); "
         "records/s counts prediction time only (model load and engine start excluded).",
         extra={"runs": res},
