@@ -40,7 +40,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medner.data.registry import RegistryError, get_corpus, load_registry
+from medner.data.windows import WINDOW_TOKENS
+from medner.inference.runrecord import trained_types, untrained_warning
+from medner.inference.server_client import ExtractClient, ServerError, UnknownModel, task_for
 from medner.prompts.contract import BudgetError, grounded_mode
+from medner.serve.batching import Batcher
 from medner.serve.chat import (
     ChatError,
     answer_content,
@@ -49,10 +53,8 @@ from medner.serve.chat import (
     normalise,
     plan_for_model,
     stream_events,
-    trained_types,
-    untrained_warning,
 )
-from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_for
+from medner.serve.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +199,14 @@ def create_app(
     url: str | list[str],
     model: str,
     api_key: str | None = None,
-    window_tokens: int = 256,
+    window_tokens: int = WINDOW_TOKENS,
     auth_key: str | None = None,
     limits: Limits | None = None,
     tagger=None,
 ) -> FastAPI:
     """``url``: the vLLM server, or a list of replicas (:class:`~medner.serve.pool.UpstreamPool`); ``api_key``:
     sent to the upstream; ``auth_key``: what clients of this app must send; ``tagger``: a loaded
-    :class:`medner.tokcls.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
-    from medner.serve.pool import UpstreamPool
+    :class:`medner.inference.token_tagger.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
 
     limits = limits or Limits()
     pool = UpstreamPool([url] if isinstance(url, str) else list(url), api_key)
@@ -261,8 +262,6 @@ def create_app(
 
     batcher = None
     if tagger is not None:
-        from medner.serve.batching import Batcher
-
         batcher = Batcher(tagger.tag_texts, max_batch=max(1, tagger.batch_size))
     app.state.predict_batcher = batcher
 
@@ -474,4 +473,4 @@ class ChatRequest(StrictRequest):
 
 
 def _plan_chat(client: ExtractClient, messages: list[dict], labels: list[str], max_tokens: int | None, known: list[str]) -> dict:
-    return plan_for_model(messages, labels, max_tokens, client.tokenizer, client.max_model_len or 4096, known)
+    return plan_for_model(messages, labels, max_tokens, client.tokenizer, client.context, known)

@@ -4,7 +4,7 @@ The classic recipe beside the generative one (:mod:`medner.sft.train`), with the
 a commented YAML per machine, ``key=value`` overrides, unknown keys an error, the resolved config saved,
 resume after a kill from the newest complete checkpoint, the adapter in ``<output_dir>/adapter/`` with a run
 record (``family: token-classification``), a loss curve, dev F1 during training and the best adapter in
-``<output_dir>/best``. Alignment, decoding and windows are :mod:`medner.tokcls`'s, shared with eval and
+``<output_dir>/best``. Alignment, decoding and windows are :mod:`medner.inference.token_tagger`'s, shared with eval and
 ``/predict``.
 """
 
@@ -15,12 +15,22 @@ import datetime as dt
 import json
 import logging
 import random
+import resource
 import shutil
 import time
 from pathlib import Path
 
 from medner.config import ConfigError, save_config
+from medner.data.records import convert
+from medner.data.registry import get_corpus
+from medner.data.windows import make_windows, window_record
+from medner.inference.models import resolve_model, tokenizer_hash, weights_hash
+from medner.inference.runrecord import write_record
+from medner.inference.token_tagger import FAMILY, TokenTagger, bio_labels, load_token_classifier, sub_token_counter, training_features
+from medner.prompts.schema import schema_hash
+from medner.sft.plots import write_loss_curve
 from medner.sft.settings import TrainingSettings
+from medner.sft.train import check_resumable, latest_checkpoint, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +99,6 @@ def check_settings(cfg: TokClsSettings) -> None:
 
 def training_windows(records: list[dict], lang: str, count, cap: int) -> list[dict]:
     """Annotated records -> windows that never cut an entity (the data stage's rule), each a record."""
-    from medner.data.windows import make_windows, window_record
 
     out = []
     for r in records:
@@ -114,7 +123,7 @@ def balanced_weights(features: list[dict], n_labels: int) -> list[float]:
 
 
 class TokClsDevEval:
-    """Dev F1 during training through :class:`medner.tokcls.TokenTagger` (the inference path of eval and
+    """Dev F1 during training through :class:`medner.inference.token_tagger.TokenTagger` (the inference path of eval and
     ``/predict``) and eval's scorer; the best adapter goes to ``<output_dir>/best``."""
 
     def __init__(self, records: list[dict], tagger_args: dict, out: Path, clock, write_meta):
@@ -135,7 +144,6 @@ class TokClsDevEval:
 
     def _evaluate(self, model, tokenizer, state) -> None:
         from medner.eval.score import score
-        from medner.tokcls import TokenTagger
 
         self.last_step = state.global_step
         was_training = model.training
@@ -178,15 +186,7 @@ def train(cfg: TokClsSettings) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
-    from medner.data.records import convert
-    from medner.data.registry import get_corpus
-    from medner.models import resolve_model, tokenizer_hash, weights_hash
-    from medner.prompts.schema import schema_hash
-    from medner.runrecord import write_record
-    from medner.sft.plots import write_loss_curve
     from medner.sft.progress import WallClock, rank_and_world
-    from medner.sft.train import check_resumable, latest_checkpoint, pick_device
-    from medner.tokcls import FAMILY, bio_labels, load_token_classifier, sub_token_counter, training_features
 
     check_settings(cfg)
     if cfg.num_threads:
@@ -415,8 +415,6 @@ def train(cfg: TokClsSettings) -> Path:
         examples_per_step=examples_per_step,
     )
     if device == "cpu":
-        import resource
-
         summary["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("adapter written to %s (%d steps, %.0f s)", final, trainer.state.global_step, wall)

@@ -14,13 +14,27 @@ import logging
 import os
 import random
 import re
+import resource
 import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 from medner.config import ConfigError, save_config
+from medner.data.records import convert
+from medner.data.registry import get_corpus
 from medner.files import sha256_of
+from medner.inference.models import resolve_model, tokenizer_hash, weights_hash
+from medner.inference.runrecord import write_record
+from medner.prompts.contract import resolve_grounded
+from medner.prompts.instructions import INSTRUCTION_VERSION, STYLES, load_pool
+from medner.prompts.pairs import record_to_pairs
+from medner.prompts.render import template_hash
+from medner.prompts.schema import schema_hash
+from medner.sft.plots import write_loss_curve
 from medner.sft.settings import TrainingSettings
+from medner.tokenizer import token_counter
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +80,6 @@ EMPTY_ANSWER = '{"entities":[]}'
 
 def build_datasets(cfg: SFTSettings):
     """Training pairs of the mixture, dev pairs (with their records), and the data manifest."""
-    from medner.data.records import convert
-    from medner.data.registry import get_corpus
-    from medner.prompts.pairs import record_to_pairs
-    from medner.tokenizer import token_counter
 
     count = token_counter()
     train, dev, manifest = [], {}, []
@@ -137,7 +147,6 @@ def build_datasets(cfg: SFTSettings):
 
 def check_mix(mix: dict[str, float] | None) -> dict[str, float] | None:
     """The instruction mix, checked: known styles, non-negative weights, some weight."""
-    from medner.prompts.instructions import STYLES
 
     if not mix:
         return None
@@ -207,7 +216,6 @@ RESUME_KEYS = (
 
 def check_resumable(cfg, out: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
     """Refuse to resume checkpoints that another setup wrote into the same output_dir (one line)."""
-    import yaml
 
     old_path = out / "config.resolved.yaml"
     if not (old_path.is_file() and latest_checkpoint(out)):
@@ -289,14 +297,7 @@ def train(cfg: SFTSettings) -> Path:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from medner.data.registry import get_corpus
-    from medner.models import resolve_model, tokenizer_hash, weights_hash
-    from medner.prompts.instructions import INSTRUCTION_VERSION, load_pool
-    from medner.prompts.render import template_hash
-    from medner.prompts.schema import schema_hash
-    from medner.runrecord import write_record
     from medner.sft.dev_eval import DevEvalCallback
-    from medner.sft.plots import write_loss_curve
     from medner.sft.progress import Snapshots, WallClock, write_snapshot
 
     if cfg.num_threads:
@@ -313,8 +314,6 @@ def train(cfg: SFTSettings) -> Path:
     corpora = {name: get_corpus(name) for name in cfg.corpora}  # fail fast on an unknown corpus
     template_hash(cfg.prompt_version)  # fail fast on an unknown prompt version
     try:  # fail fast on a dev decoding setting that cannot apply
-        from medner.prompts.contract import resolve_grounded
-
         resolve_grounded(cfg.dev_grounded, cfg.dev_constrained, "hf")
     except ValueError as e:
         raise ConfigError(f"dev_grounded: {e}") from None
@@ -506,8 +505,6 @@ def train(cfg: SFTSettings) -> Path:
     if device == "cuda":
         summary["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     else:
-        import resource
-
         summary["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     warnings = dev_cb.warnings()
     summary["warnings"] = warnings

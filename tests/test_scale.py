@@ -117,7 +117,7 @@ def test_ray_batch_extraction_keeps_every_id_and_completes_a_partial_run(vllm_se
 
 
 def test_a_failed_shard_is_reported_by_the_worker_not_raised(tmp_path):
-    from medner.eval import ray_extract
+    from medner.inference import ray_backend as ray_extract
 
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
