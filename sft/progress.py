@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,6 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, the number of processes) under torchrun / accelerate launch; (0, 1) alone."""
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class WallClock(TrainerCallback):
