@@ -102,6 +102,7 @@ def _docs_brat(path: Path) -> Iterator[tuple]:
         yield 1, text, spans, str(txt)
 
 
+# long: one branch per annotation-tool format, each short, sharing one error style (file:line, field)
 def read_annotated(path: str | Path, fmt: str, lang: str, labels: list[str] | None, rec_prefix: str) -> list[dict]:
     """Records from an annotation-tool file. Raises BioError with every FILE:LINE problem found."""
     path = Path(path)

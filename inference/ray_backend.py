@@ -279,6 +279,7 @@ class EngineShardWorker:
         return {"done": done}
 
 
+# long: the Ray Data pipeline in order (plan shards, skip finished ones, map the actors, collect failures), one shared setup
 def run(
     path: str,
     out_dir: str,

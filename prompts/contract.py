@@ -201,6 +201,7 @@ def check_budget(text: str, task: Task, cap: int, tokenizer: ChatTokenizer, max_
     return windows
 
 
+# long: one window loop; the split of a window whose reply bound does not fit must stay beside it
 def plan_requests(
     text: str,
     offsets: Sequence[Sequence[int]],

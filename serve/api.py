@@ -195,6 +195,7 @@ def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail or "invalid request"}, status_code=422)
 
 
+# long: the routes close over the app's state (clients, pool, limits, slots): FastAPI's app-factory idiom
 def create_app(
     url: str | list[str],
     model: str,

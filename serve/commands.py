@@ -79,6 +79,7 @@ def _extract(a: argparse.Namespace) -> int:
     return EXTRACT_ENGINES[a.engine](a)
 
 
+# long: reads the command line, checks it, runs, and writes one of three output formats
 def _extract_server(a: argparse.Namespace) -> int:
     defaults = _serve_defaults(a.serve_config)
     if a.url and len(a.url) > 1:
@@ -230,6 +231,7 @@ def _api(a: argparse.Namespace) -> int:
 EXTRACT_ENGINES = {"server": _extract_server, "ray": _extract_ray}
 
 
+# long: argparse declarations, one block per flag
 def add_serve_commands(stages) -> None:
     s = stages.add_parser("serve", help="vLLM's OpenAI-compatible server with the adapter")
     s.add_argument("--config", required=True)

@@ -75,6 +75,7 @@ class DevEvalCallback(TrainerCallback):
             if self.clock is not None:
                 self.clock.exclude(took)
 
+    # long: one dev pass per corpus: generate, score, log, keep the best adapter; the steps share the trainer state
     def _evaluate(self, state, model) -> dict | None:
         if not any(self.records.values()):
             return None

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from medner.config import ConfigError, save_config
-from medner.inference.models import tokenizer_hash, weights_hash
+from medner.inference.models import resolve_model, tokenizer_hash, weights_hash
 from medner.sft.plots import write_loss_curve
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,16 @@ def load_tokenizer(model_dir: Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
     return tokenizer
+
+
+def prepare_machine(cfg: Any) -> tuple[Path, str, Any]:
+    """The base model folder, the device and the tokenizer; torch's threads as configured."""
+    import torch  # heavy: only a training run needs it
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model_dir = resolve_model(cfg.model)
+    return model_dir, pick_device(cfg.device), load_tokenizer(model_dir)
 
 
 def base_model_record(source: str, model_dir: Path) -> dict:

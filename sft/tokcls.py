@@ -21,13 +21,11 @@ from medner.config import ConfigError
 from medner.data.records import convert
 from medner.data.registry import Corpus, RegistryError, get_corpus
 from medner.data.windows import make_windows, window_record
-from medner.inference.models import resolve_model
 from medner.inference.runrecord import write_record
 from medner.inference.token_tagger import FAMILY, TokenTagger, bio_labels, load_token_classifier, sub_token_counter, training_features
 from medner.prompts.schema import schema_hash
-from medner.sft.run_folder import RunFolder, base_model_record, created_now, pick_device
+from medner.sft.run_folder import RunFolder, base_model_record, created_now, prepare_machine
 from medner.sft.settings import TrainingSettings
-from medner.sft.train import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +187,11 @@ class TokClsDevEval:
 
 def train(cfg: TokClsSettings) -> Path:
     """Token classification, step by step; returns the adapter folder (a rerun with the same settings resumes)."""
-    import torch  # heavy (torch, datasets): only a training run needs them
-    from datasets import Dataset
+    from datasets import Dataset  # heavy: only a training run needs it
 
     corpus = check_settings(cfg)
     run = RunFolder.open(cfg, RESUME_KEYS)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    model_dir, device = resolve_model(cfg.model), pick_device(cfg.device)
-    tokenizer = load_tokenizer(model_dir)
+    model_dir, device, tokenizer = prepare_machine(cfg)
     labels = bio_labels(corpus.label_names)
     data = prepare_data(cfg, run, corpus, tokenizer, labels)
     model, mode = load_model(cfg, model_dir, labels, device)
@@ -353,6 +347,7 @@ class TokClsRecord:
         self.tokenizer.save_pretrained(str(folder))
 
 
+# long: the callback and loss classes close over the run's settings and class weights
 def make_trainer(
     cfg: TokClsSettings, run: RunFolder, model, tokenizer, ds, data: TokClsData, corpus: Corpus, labels: list[str], record, device: str
 ):

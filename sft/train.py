@@ -18,14 +18,13 @@ from medner.config import ConfigError
 from medner.data.records import convert
 from medner.data.registry import Corpus, RegistryError, get_corpus
 from medner.files import sha256_of
-from medner.inference.models import resolve_model
 from medner.inference.runrecord import write_record
 from medner.prompts.contract import resolve_grounded
 from medner.prompts.instructions import INSTRUCTION_VERSION, STYLES, load_pool
 from medner.prompts.pairs import record_to_pairs
 from medner.prompts.render import template_hash
 from medner.prompts.schema import schema_hash
-from medner.sft.run_folder import RunFolder, base_model_record, created_now, load_tokenizer, pick_device
+from medner.sft.run_folder import RunFolder, base_model_record, created_now, prepare_machine
 from medner.sft.settings import TrainingSettings
 from medner.tokenizer import token_counter
 
@@ -71,6 +70,7 @@ class SFTSettings(TrainingSettings):
 EMPTY_ANSWER = '{"entities":[]}'
 
 
+# long: one loop over corpora and splits; the manifest rows are written beside the data they describe
 def build_datasets(cfg: SFTSettings):
     """Training pairs of the mixture, dev pairs (with their records), and the data manifest."""
 
@@ -94,29 +94,12 @@ def build_datasets(cfg: SFTSettings):
                         p["corpus"] = name
                         pairs.append(p)
                 train.extend(pairs)
-                manifest.append(
-                    {
-                        "corpus": name,
-                        "split": split,
-                        "file": str(path),
-                        "sha256": sha256_of(path),
-                        "records": len(records),
-                        "pairs": len(pairs),
-                    }
-                )
+                row = {"pairs": len(pairs)}
             else:
                 # the first dev_examples records in file order: the records `medner eval run split=dev limit=N` takes
                 dev[name] = records[: cfg.dev_examples] if cfg.dev_examples is not None else records
-                manifest.append(
-                    {
-                        "corpus": name,
-                        "split": split,
-                        "file": str(path),
-                        "sha256": sha256_of(path),
-                        "records": len(records),
-                        "dev_records_evaluated": len(dev[name]),
-                    }
-                )
+                row = {"dev_records_evaluated": len(dev[name])}
+            manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": sha256_of(path), "records": len(records), **row})
     rng = random.Random(cfg.seed)
     rng.shuffle(train)
     if cfg.max_empty_fraction is not None:
@@ -242,15 +225,11 @@ def load_model(cfg: SFTSettings, model_dir: Path, device: str):
 
 def train(cfg: SFTSettings) -> Path:
     """QLoRA SFT, step by step; returns the adapter folder (a rerun with the same settings resumes)."""
-    import torch  # heavy (torch, datasets): only a training run needs them
-    from datasets import Dataset
+    from datasets import Dataset  # heavy: only a training run needs it
 
     corpora = check_settings(cfg)
     run = RunFolder.open(cfg, RESUME_KEYS)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    model_dir, device = resolve_model(cfg.model), pick_device(cfg.device)
-    tokenizer = load_tokenizer(model_dir)
+    model_dir, device, tokenizer = prepare_machine(cfg)
     data = prepare_data(cfg, run, tokenizer)
     model, mode = load_model(cfg, model_dir, device)
     check_attention(cfg, model)
