@@ -34,6 +34,19 @@ log = logging.getLogger(__name__)
 UNKNOWN_CONTEXT = 4096
 
 
+def error_detail(r: httpx.Response) -> str:
+    """The message of an OpenAI-style error body (at most 300 characters), whatever the body holds."""
+    try:
+        body = r.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    err = body.get("error")
+    msg = err.get("message", "") if isinstance(err, dict) else body.get("message", "")
+    return str(msg)[:300]
+
+
 class ServerError(RuntimeError):
     """The server cannot be reached, is not ready, or refused a request."""
 
@@ -87,7 +100,10 @@ class ExtractClient:
             raise ServerError(f"server at {self.url} refused the API key (401); pass --api-key or set MEDNER_API_KEY")
         if r.status_code != 200:
             raise ServerError(f"server at {self.url} is not ready: GET /models answered {r.status_code}")
-        models = {m["id"]: m for m in r.json().get("data", [])}
+        try:
+            models = {m["id"]: m for m in r.json().get("data", [])}
+        except (ValueError, KeyError, TypeError, AttributeError):  # a server starting or dying mid-answer
+            raise ServerError(f"server at {self.url} answered GET /models without a model list") from None
         if self.model not in models:
             raise UnknownModel(f"server at {self.url} does not serve model {self.model!r} (it serves: {', '.join(models)})")
         self.card = models[self.model]
@@ -153,13 +169,7 @@ class ExtractClient:
         except httpx.HTTPError as e:  # this request's (a read timeout): the server stays in service
             return {"raw": None, "finish_reason": "error", "error": f"{type(e).__name__} from {self.url}", "output_tokens": 0}
         if r.status_code != 200:
-            try:
-                detail = (
-                    r.json().get("error", {}).get("message", "") if isinstance(r.json().get("error"), dict) else r.json().get("message", "")
-                )
-            except ValueError:
-                detail = ""
-            return {"raw": None, "finish_reason": "error", "error": f"HTTP {r.status_code}: {str(detail)[:300]}", "output_tokens": 0}
+            return {"raw": None, "finish_reason": "error", "error": f"HTTP {r.status_code}: {error_detail(r)}", "output_tokens": 0}
         try:
             data = r.json()
             choice = data["choices"][0]

@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import threading
+import traceback
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -367,6 +368,13 @@ def create_app(
                 pool.mark_down(upstream, str(e))
                 last = e
                 continue
+            except (HTTPException, asyncio.CancelledError):
+                raise
+            except Exception as e:  # anything else from the upstream's answer: a 502 naming the type, never a 500
+                log.error(
+                    "extraction failed upstream at %s: %s\n%s", upstream, type(e).__name__, "".join(traceback.format_tb(e.__traceback__))
+                )
+                raise HTTPException(502, detail=f"the vLLM server's answer could not be used ({type(e).__name__})") from None
             pool.answered(upstream)
             out = {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason", "other_types") if k in res}
             if warnings:
@@ -433,6 +441,16 @@ def create_app(
                 continue
             except httpx.HTTPError as e:
                 raise HTTPException(504, detail=f"the vLLM server did not answer in time ({type(e).__name__})") from None
+            except (HTTPException, asyncio.CancelledError):
+                raise
+            except Exception as e:  # anything else on the way: a 502 naming the type, never a 500
+                log.error(
+                    "chat completion failed upstream at %s: %s\n%s",
+                    upstream,
+                    type(e).__name__,
+                    "".join(traceback.format_tb(e.__traceback__)),
+                )
+                raise HTTPException(502, detail=f"the vLLM server's answer could not be used ({type(e).__name__})") from None
             if r.status_code != 200:
                 if r.status_code >= 500:
                     pool.mark_down(upstream, f"HTTP {r.status_code}")
