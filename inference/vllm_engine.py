@@ -83,6 +83,17 @@ def plan_model(model_dir: Path, adapter: str | None, merge: str | bool) -> tuple
 CPU_BLOCK_SIZE = 32
 
 
+def cpu_env(kv_cache_gib: int) -> dict[str, str]:
+    """The environment vLLM's CPU build runs with (the caller's own settings win): the KV cache size, and the
+    engine's compute threads bound to every CPU this process may use. vLLM's default keeps one core for its
+    scheduler, which on a 2-core machine halves the compute: measured on 64 NCBI-disease records with the
+    shipped adapter, 5.0 -> 8.2 records/s (grounded) and 5.9 -> 9.8 (free) with both cores bound."""
+    if not on_cpu_build():
+        return {}
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cpus)}
+
+
 def default_block_size() -> int | None:
     return CPU_BLOCK_SIZE if on_cpu_build() else None
 
@@ -179,8 +190,9 @@ class VLLMBackend:
         kv_cache_gib: int = 2,
         block_size: int | None = None,
     ):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-        # vLLM: heavy, and read VLLM_CPU_KVCACHE_SPACE when imported
+        for k, v in cpu_env(kv_cache_gib).items():
+            os.environ.setdefault(k, v)
+        # vLLM: heavy, and reads its CPU settings from the environment when imported
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 

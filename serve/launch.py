@@ -23,7 +23,7 @@ from medner import procs
 from medner.data.registry import get_corpus
 from medner.inference.models import on_cpu_build, resolve_model
 from medner.inference.runrecord import check_adapter, shipped_adapter
-from medner.inference.vllm_engine import engine_settings, resolve_merge, server_argv
+from medner.inference.vllm_engine import cpu_env, engine_settings, resolve_merge, server_argv
 from medner.prompts.contract import MAX_MODEL_LEN
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ def serve(cfg: ServeSettings) -> int:
         rec = check_adapter(cfg.adapter, model_dir if cfg.check_base_model else None, get_corpus(cfg.corpus), cfg.prompt_version)
         log.info("adapter %s: prompt %s, trained on %s", cfg.adapter_name, rec["prompt_version"], ", ".join(rec["corpora"]))
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+    for k, v in cpu_env(cfg.kv_cache_gib).items():
+        env.setdefault(k, v)
     api_key = cfg.api_key or os.environ.get("MEDNER_API_KEY")
     if api_key:
         env["VLLM_API_KEY"] = api_key  # passed by environment, never on the command line
