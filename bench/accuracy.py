@@ -137,7 +137,7 @@ def main() -> int:
     corpora = a.corpus.split(",")
     cfg = str(ROOT / "eval/configs/default.yaml")
     # eval folders keyed by the adapter's content: predictions of another adapter are never resumed into these
-    from medner.models import adapter_hash
+    from medner.inference.models import adapter_hash
 
     tag = adapter_hash(adapter)[:10] if (adapter / "adapter_config.json").is_file() else "untrained"
     runs = {

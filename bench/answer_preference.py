@@ -58,9 +58,9 @@ def main() -> int:
 
     from medner.data.records import convert
     from medner.data.registry import get_corpus
-    from medner.models import resolve_model
+    from medner.inference.models import resolve_model
+    from medner.inference.runrecord import prompt_version_for, read_record
     from medner.prompts.pairs import record_to_pairs
-    from medner.runrecord import prompt_version_for, read_record
     from medner.tokenizer import token_counter
 
     adapter = Path(a.adapter)

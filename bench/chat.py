@@ -36,9 +36,10 @@ from bench.common import ROOT, server, write_result
 from medner.data.records import convert
 from medner.data.registry import Corpus, Label, get_corpus
 from medner.eval.score import score
+from medner.inference.runrecord import trained_types
 from medner.prompts.instructions import load_pool, render_instruction
 from medner.prompts.render import build_messages
-from medner.serve.chat import answer_content, ground, plan_for_model, trained_types
+from medner.serve.chat import answer_content, ground, plan_for_model
 from medner.tokenizer import load_tokenizer
 
 EMPTY = '{"entities":[]}'

@@ -5,7 +5,7 @@ compile cost, per corpus, with a fine-tuned model. Recorded as `grounded`.
         [--split dev] [--limit 64]
 
 For each corpus one vLLM offline engine (the adapter merged into the base, as the server runs it) answers
-the same records three times through the shared loop (:func:`medner.eval.backends.predict`): the plain
+the same records three times through the shared loop (:func:`medner.inference.generation.predict`): the plain
 bounded schema, grounded ``substring`` and grounded ``ordered``. Compile cost is xgrammar's, measured apart
 with its cache off on every window's grammar (the engine compiles in the background and caches by grammar
 text, so two requests for one text compile once: measured too).
@@ -78,7 +78,7 @@ def check_cache_fair(shares: dict[str, float], tolerance: float = 0.05) -> None:
 def timed_pass(backend, records: list[dict], task, mode: str | None, path: Path, reset_cache: bool = True) -> tuple[dict, float]:
     """One pass of ``records`` in one grounded ``mode`` (None = the plain schema) through the shared loop,
     predictions written to ``path``; returns them by id and the wall time."""
-    from medner.eval.backends import predict
+    from medner.inference.generation import predict
 
     preds: dict = {}
     with path.open("w", encoding="utf-8") as fh:
@@ -98,11 +98,11 @@ def timed_pass(backend, records: list[dict], task, mode: str | None, path: Path,
 def run_corpus(model: str, adapter: str, corpus_name: str, split: str, limit: int | None, out: Path) -> dict:
     from medner.data.records import convert
     from medner.data.registry import get_corpus
-    from medner.eval.backends import VLLMBackend
     from medner.eval.score import score
-    from medner.models import resolve_model
+    from medner.inference.models import resolve_model
+    from medner.inference.runrecord import check_adapter
+    from medner.inference.vllm_engine import VLLMBackend
     from medner.prompts.contract import plan_requests, task_for
-    from medner.runrecord import check_adapter
 
     corpus = get_corpus(corpus_name)
     model_dir = resolve_model(model)

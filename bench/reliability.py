@@ -98,7 +98,11 @@ class Stack:
         self.logs.append(p)
         return p
 
-    def build(self) -> None:
+    def build(self, model: Path | None = None, adapter: Path | None = None) -> None:
+        """The tiny model and a 2-step adapter (or the given ones, already built)."""
+        if model and adapter:
+            self.tiny, self.adapter = model, adapter
+            return
         tiny, run = self.work / "tiny", self.work / "run"
         for args in (
             ("sft", "make-tiny", str(tiny)),
@@ -769,6 +773,8 @@ def main() -> int:
     ap.add_argument("--eval-records", type=int, default=40)
     ap.add_argument("--results", type=Path, help="write the result here instead of bench/results (tests)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--model", type=Path, help="a tiny model folder already made (with --adapter: no build)")
+    ap.add_argument("--adapter", type=Path, help="an adapter of --model already trained")
     ap.add_argument("--hostile-chars", type=int, default=1_000_000, help="the largest text of the hostile part (the API's max_text_chars)")
     ap.add_argument("--hostile-seconds", type=float, default=20, help="how long /health is probed with the largest text in flight")
     a = ap.parse_args()
@@ -776,7 +782,7 @@ def main() -> int:
     stack = Stack(work)
     t0 = time.perf_counter()
     try:
-        stack.build()
+        stack.build(a.model, a.adapter)
         stack.start_server()
         stack.start_api()
         res = {"load": load(stack, a.clients, a.seconds)}

@@ -117,6 +117,7 @@ def _split_line(line: str) -> tuple[str, str] | str:
     return token, tag
 
 
+# long: one pass over the file; every check names file:line in the order a reader meets it
 def read_bio(path: str | Path, scheme: str = "iob2", labels: Iterable[str] | None = None) -> tuple[list[Sentence], list[Problem]]:
     """Read a BIO file. Returns the sentences and every problem found (none means the file is valid).
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from medner.data.bio import BioError, Problem
 from medner.data.ground import simple_token_offsets
+from medner.data.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,6 @@ def _docs_labelstudio(path: Path) -> Iterator[tuple]:
 
 
 def _docs_doccano(path: Path) -> Iterator[tuple]:
-    from medner.data.jsonl import read_jsonl
-
     for line, obj in read_jsonl(path):
         if not isinstance(obj.get("text"), str):
             raise BioError([Problem(str(path), line, "record without a string 'text'")])
@@ -102,6 +102,7 @@ def _docs_brat(path: Path) -> Iterator[tuple]:
         yield 1, text, spans, str(txt)
 
 
+# long: one branch per annotation-tool format, each short, sharing one error style (file:line, field)
 def read_annotated(path: str | Path, fmt: str, lang: str, labels: list[str] | None, rec_prefix: str) -> list[dict]:
     """Records from an annotation-tool file. Raises BioError with every FILE:LINE problem found."""
     path = Path(path)
@@ -225,7 +226,6 @@ def write_brat(rows: list[dict], folder: Path) -> None:
 def write_tool_format(rows: list[dict], fmt: str, out: str | Path | None, gold: dict[str, dict] | None = None) -> None:
     """Rows (records or results) as a Label Studio import (gold, where given, as the annotation set), Doccano
     JSONL, or a brat folder; ``out`` None = standard output (not for brat, which is a folder)."""
-    import sys
 
     if fmt == "brat":
         if not out:

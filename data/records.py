@@ -7,11 +7,13 @@ and stays stable as long as the source file does. Offsets are character offsets 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from medner.data.bio import BioError, Sentence, read_bio, spans_to_tags, tags_to_spans
+from medner.data.bio import BioError, Sentence, char_spans_to_token_spans, read_bio, spans_to_tags, tags_to_spans
 from medner.data.detok import join_tokens
+from medner.data.formats import read_annotated
 from medner.data.jsonl import read_jsonl  # noqa: F401  (re-exported: the records reader of eval and the CLI)
 from medner.data.registry import Corpus
 
@@ -27,14 +29,12 @@ def sentence_to_record(sent: Sentence, rec_id: str, lang: str, scheme: str) -> d
 
 def record_tags(record: dict) -> list[str]:
     """The IOB2 tags of a record's gold entities on its own tokens (the inverse of conversion)."""
-    from medner.data.bio import char_spans_to_token_spans
 
     spans, dropped = char_spans_to_token_spans(
         [tuple(o) for o in record["token_offsets"]], [(e["start"], e["end"], e["type"]) for e in record["entities"]]
     )
     if dropped:
         # nested or overlapping gold (kept in records imported from annotation tools): BIO holds one layer
-        import logging
 
         logging.getLogger(__name__).warning(
             "record %s: %d overlapping gold mention(s) left out of its BIO tags: %s",
@@ -49,8 +49,6 @@ def convert(corpus: Corpus, split: str) -> list[dict]:
     """All records of one split. Raises BioError (with every file:line problem) on invalid input."""
     path = corpus.file(split)
     if corpus.format != "bio":
-        from medner.data.formats import read_annotated
-
         return read_annotated(path, corpus.format, corpus.lang, corpus.label_names, f"{corpus.name}:{split}")
     sentences, problems = read_bio(path, corpus.scheme, corpus.label_names)
     if problems:

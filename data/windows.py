@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+# the window cap in tokens (Qwen2.5 tokenizer) for training pairs, eval and serving alike: the one default
+WINDOW_TOKENS = 256
 EN_ENDERS = {".", "?", "!"}
 ZH_ENDERS = set("。！？；!?;")
 

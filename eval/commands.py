@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import yaml
+
+from medner.config import load_config
+from medner.data.formats import write_tool_format
+from medner.data.records import convert, read_jsonl
+from medner.data.registry import get_corpus
+from medner.eval.compare import compare
+from medner.eval.run import EvalSettings, run
 
 
 def _run(a: argparse.Namespace) -> int:
-    from medner.config import load_config
-    from medner.eval.run import EvalSettings, run
-
     run(load_config(EvalSettings, a.config, a.overrides))
     return 0
 
 
 def _score(a: argparse.Namespace) -> int:
-    from medner.data.records import read_jsonl
     from medner.eval.report import write_report
     from medner.eval.score import load_predictions, score
 
@@ -34,14 +40,6 @@ def _score(a: argparse.Namespace) -> int:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import yaml
-
-    from medner.data.formats import write_tool_format
-    from medner.data.records import convert, read_jsonl
-    from medner.data.registry import get_corpus
-
     run = Path(a.run_dir)
     if not (run / "predictions.jsonl").is_file():
         raise ValueError(f"{run}: no predictions.jsonl (an eval run folder)")
@@ -61,8 +59,6 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _compare(a: argparse.Namespace) -> int:
-    from medner.eval.compare import compare
-
     print(compare(a.run_a, a.run_b))
     return 0
 

@@ -25,6 +25,7 @@ def table(report: dict) -> str:
     return "\n".join(rows)
 
 
+# long: the report's sections in reading order
 def markdown(report: dict, with_text: bool = True) -> str:
     run = report.get("run", {})
     lines = [f"# medner eval: {run.get('corpus', '?')} {run.get('split', '')}", ""]

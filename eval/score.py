@@ -119,6 +119,7 @@ def _match_partial(gold: list[tuple[int, int, str]], pred: list[tuple[int, int, 
     return exact, partial
 
 
+# long: the report's figures in one pass: seqeval strict, per type, failures, bootstrap intervals, mention-level checks
 def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, seed: int = 0, with_text: bool = True) -> dict:
     """The full report (see ``report.json`` in the README). Scores are fractions 0-1."""
     fail: dict[str, list] = {k: [] for k in FAILURES}

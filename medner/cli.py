@@ -17,16 +17,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+
+from medner.data.bio import BioError, read_bio
+from medner.data.formats import read_annotated
+from medner.data.records import convert, write_jsonl
+from medner.data.registry import get_corpus
+from medner.data.stats import format_stats, record_stats
+from medner.eval.commands import add_eval_commands
+from medner.export import export
+from medner.prompts.pairs import records_to_pairs
+from medner.pull import pull
+from medner.serve.commands import add_serve_commands
+from medner.sft.commands import add_sft_commands, add_tokcls_commands
+from medner.tokenizer import token_counter
 
 
 def _data_convert(a: argparse.Namespace) -> int:
-    from medner.data.records import convert, write_jsonl
-    from medner.data.registry import get_corpus
-    from medner.data.stats import format_stats, record_stats
-    from medner.prompts.pairs import records_to_pairs
-    from medner.tokenizer import token_counter
-
     corpus = get_corpus(a.corpus)
     records = convert(corpus, a.split)
     n = write_jsonl(records, a.out)
@@ -40,9 +48,6 @@ def _data_convert(a: argparse.Namespace) -> int:
 
 
 def _data_validate(a: argparse.Namespace) -> int:
-    from medner.data.bio import read_bio
-    from medner.data.registry import get_corpus
-
     corpus = get_corpus(a.corpus) if a.corpus else None
     labels = corpus.label_names if corpus else None
     fmt = a.format or (corpus.format if corpus else "bio")
@@ -50,9 +55,6 @@ def _data_validate(a: argparse.Namespace) -> int:
     bad = 0
     for f in a.files:
         if fmt != "bio":
-            from medner.data.bio import BioError
-            from medner.data.formats import read_annotated
-
             try:
                 sents, problems = read_annotated(f, fmt, lang, labels, "validate"), []
             except BioError as e:
@@ -91,10 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lang", choices=["en", "zh"], help="tokenization of annotation-tool files (default: the corpus's, else en)")
     v.set_defaults(func=_data_validate)
 
-    from medner.eval.commands import add_eval_commands
-    from medner.serve.commands import add_serve_commands
-    from medner.sft.commands import add_sft_commands, add_tokcls_commands
-
     add_sft_commands(stages)
     add_tokcls_commands(stages)
     add_serve_commands(stages)
@@ -114,8 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from medner.export import export
-
     written = export(a.adapter, a.out, a.model, a.gguf)
     for path in written.values():
         print(path)
@@ -123,8 +119,6 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _pull(a: argparse.Namespace) -> int:
-    from medner.pull import pull
-
     folder = pull(a.source)
     print(f"base model ready; serve a shipped adapter with: medner serve model={folder} adapter=models/chat-qwen2.5-0.5b", file=sys.stderr)
     print(folder)
@@ -134,7 +128,6 @@ def _pull(a: argparse.Namespace) -> int:
 def _exit_on_sigterm() -> None:
     """SIGTERM ends the command as Ctrl-C does: through Python's shutdown, so engines started in-process
     (vLLM's offline engine runs its core in child processes) are shut down with it, not orphaned."""
-    import signal
 
     def stop(signum, _frame):
         raise SystemExit(128 + signum)
@@ -152,11 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
-    if getattr(args, "engine", None) == "ray":
-        # batch extraction on Ray Data drives eval's backends, so it lives above the serve stage
-        from medner.eval.ray_extract import cli_extract
-
-        args.func = cli_extract
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ command-line overrides (``key=value``; values parsed as YAML scalars, so ``max_s
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Sequence
@@ -101,8 +102,6 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        import difflib
-
         hint = "; ".join(
             f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, fields, 1)) else "") for k in unknown
         )

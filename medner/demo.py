@@ -13,13 +13,21 @@ random weights, so its scores are near zero, and the first and last lines say so
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from medner import procs
+from medner.data.registry import get_corpus
+from medner.inference.server_client import ExtractClient
+from medner.prompts.contract import task_for
 from medner.pull import pulled_base
+from medner.serve.chat import ground, normalise, plan_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,15 +75,6 @@ def highlighted(text: str, entities: list[dict]) -> str:
 
 def real_demo(base: Path, a: argparse.Namespace) -> int:
     """The shipped adapter on the base: entities, a chat answer, strict F1 on 100 test records per corpus."""
-    import asyncio
-    import json
-
-    import httpx
-
-    from medner.data.registry import get_corpus
-    from medner.prompts.contract import task_for
-    from medner.serve.chat import ground, normalise, plan_chat
-    from medner.serve.client import ExtractClient
 
     out = Path(a.out) / "real"
     limit = a.limit or 100

@@ -14,9 +14,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from medner.models import merge_adapter, resolve_model
+from medner.inference.models import merge_adapter, resolve_model
+from medner.inference.runrecord import read_record, shipped_adapter
 from medner.pull import pulled_base
-from medner.runrecord import read_record, shipped_adapter
 
 log = logging.getLogger(__name__)
 

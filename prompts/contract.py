@@ -2,7 +2,7 @@
 
 Every path that asks a model for entities goes through these functions: eval's ``hf``, ``vllm`` and
 ``server`` backends, the SFT dev evaluation, ``medner extract`` and ``/v1/extract``. They differ only
-in how tokens are produced (see ``medner.eval.backends``), so the prompt, the windows, the bounded
+in how tokens are produced (see ``medner.inference.backends``), so the prompt, the windows, the bounded
 schema, ``max_tokens`` and the parsing rule cannot drift apart between them.
 
 * :class:`Task`        what to extract: a label set, its language, the prompt version;
@@ -31,6 +31,8 @@ from medner.prompts.grounded import GROUNDED_MODES, grounded_grammar, grounded_r
 from medner.prompts.render import PROMPT_VERSION, build_messages
 from medner.prompts.schema import answer_schema, max_reply_tokens
 
+# the context length planned for when a backend does not say (vLLM and transformers backends: their setting)
+MAX_MODEL_LEN = 8192
 MIN_WINDOW_TOKENS = 16
 # the smallest window of text worth a request: a label prompt that leaves less room than this is refused
 MIN_USEFUL_WINDOW_TOKENS = 64
@@ -199,6 +201,7 @@ def check_budget(text: str, task: Task, cap: int, tokenizer: ChatTokenizer, max_
     return windows
 
 
+# long: one window loop; the split of a window whose reply bound does not fit must stay beside it
 def plan_requests(
     text: str,
     offsets: Sequence[Sequence[int]],

@@ -51,6 +51,7 @@ def span_pieces(text: str, offsets: Sequence[Sequence[int]]) -> list[tuple[str, 
     return out
 
 
+# long: the rules are emitted in one pass over the tokens; split, the same state would be passed around
 def grounded_grammar(
     text: str,
     offsets: Sequence[Sequence[int]],

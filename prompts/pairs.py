@@ -15,19 +15,17 @@ from collections.abc import Callable, Iterable, Iterator
 import jsonschema
 
 from medner.data.registry import Corpus
-from medner.data.windows import entities_in_window, make_windows
+from medner.data.windows import WINDOW_TOKENS, entities_in_window, make_windows
 from medner.prompts.instructions import chat_pair
 from medner.prompts.render import PROMPT_VERSION, build_messages
 from medner.prompts.schema import answer_json, answer_schema
-
-DEFAULT_WINDOW_TOKENS = 256
 
 
 def record_to_pairs(
     record: dict,
     corpus: Corpus,
     count: Callable[[str], int],
-    max_window_tokens: int = DEFAULT_WINDOW_TOKENS,
+    max_window_tokens: int = WINDOW_TOKENS,
     prompt_version: str = PROMPT_VERSION,
     rng: random.Random | None = None,
     mix: dict[str, float] | None = None,

@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import threading
+import traceback
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medner.data.registry import RegistryError, get_corpus, load_registry
+from medner.data.windows import WINDOW_TOKENS
+from medner.inference.runrecord import trained_types, untrained_warning
+from medner.inference.server_client import ExtractClient, ServerError, UnknownModel, task_for
 from medner.prompts.contract import BudgetError, grounded_mode
+from medner.serve.batching import Batcher
 from medner.serve.chat import (
     ChatError,
     answer_content,
@@ -49,10 +54,8 @@ from medner.serve.chat import (
     normalise,
     plan_for_model,
     stream_events,
-    trained_types,
-    untrained_warning,
 )
-from medner.serve.client import ExtractClient, ServerError, UnknownModel, task_for
+from medner.serve.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -193,19 +196,19 @@ def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail or "invalid request"}, status_code=422)
 
 
+# long: the routes close over the app's state (clients, pool, limits, slots): FastAPI's app-factory idiom
 def create_app(
     url: str | list[str],
     model: str,
     api_key: str | None = None,
-    window_tokens: int = 256,
+    window_tokens: int = WINDOW_TOKENS,
     auth_key: str | None = None,
     limits: Limits | None = None,
     tagger=None,
 ) -> FastAPI:
     """``url``: the vLLM server, or a list of replicas (:class:`~medner.serve.pool.UpstreamPool`); ``api_key``:
     sent to the upstream; ``auth_key``: what clients of this app must send; ``tagger``: a loaded
-    :class:`medner.tokcls.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
-    from medner.serve.pool import UpstreamPool
+    :class:`medner.inference.token_tagger.TokenTagger` (with its ``corpus``) to serve ``POST /predict``."""
 
     limits = limits or Limits()
     pool = UpstreamPool([url] if isinstance(url, str) else list(url), api_key)
@@ -261,8 +264,6 @@ def create_app(
 
     batcher = None
     if tagger is not None:
-        from medner.serve.batching import Batcher
-
         batcher = Batcher(tagger.tag_texts, max_batch=max(1, tagger.batch_size))
     app.state.predict_batcher = batcher
 
@@ -367,6 +368,13 @@ def create_app(
                 pool.mark_down(upstream, str(e))
                 last = e
                 continue
+            except (HTTPException, asyncio.CancelledError):
+                raise
+            except Exception as e:  # anything else from the upstream's answer: a 502 naming the type, never a 500
+                log.error(
+                    "extraction failed upstream at %s: %s\n%s", upstream, type(e).__name__, "".join(traceback.format_tb(e.__traceback__))
+                )
+                raise HTTPException(502, detail=f"the vLLM server's answer could not be used ({type(e).__name__})") from None
             pool.answered(upstream)
             out = {k: res[k] for k in ("text", "entities", "dropped", "status", "error", "finish_reason", "other_types") if k in res}
             if warnings:
@@ -433,6 +441,16 @@ def create_app(
                 continue
             except httpx.HTTPError as e:
                 raise HTTPException(504, detail=f"the vLLM server did not answer in time ({type(e).__name__})") from None
+            except (HTTPException, asyncio.CancelledError):
+                raise
+            except Exception as e:  # anything else on the way: a 502 naming the type, never a 500
+                log.error(
+                    "chat completion failed upstream at %s: %s\n%s",
+                    upstream,
+                    type(e).__name__,
+                    "".join(traceback.format_tb(e.__traceback__)),
+                )
+                raise HTTPException(502, detail=f"the vLLM server's answer could not be used ({type(e).__name__})") from None
             if r.status_code != 200:
                 if r.status_code >= 500:
                     pool.mark_down(upstream, f"HTTP {r.status_code}")
@@ -474,4 +492,4 @@ class ChatRequest(StrictRequest):
 
 
 def _plan_chat(client: ExtractClient, messages: list[dict], labels: list[str], max_tokens: int | None, known: list[str]) -> dict:
-    return plan_for_model(messages, labels, max_tokens, client.tokenizer, client.max_model_len or 4096, known)
+    return plan_for_model(messages, labels, max_tokens, client.tokenizer, client.context, known)

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from medner.data.ground import simple_token_offsets
-from medner.data.registry import load_registry
+from medner.inference.runrecord import decode_types
 from medner.prompts.contract import parse_reply
 from medner.prompts.grounded import grounded_grammar, grounded_reply_bound
 from medner.prompts.schema import answer_json, answer_schema
@@ -77,11 +77,6 @@ def text_message(messages: Sequence[dict]) -> int:
 
 def language(text: str) -> str:
     return "zh" if _CJK.search(text) else "en"
-
-
-def decode_types(asked: Sequence[str], known: Sequence[str]) -> list[str]:
-    """The types the grammar admits: the model's trained ones, then any asked type it does not know."""
-    return list(known) + [t for t in asked if t not in known]
 
 
 def plan_chat(messages: list[dict], labels: Sequence[str], max_tokens: int | None, room: int, known: Sequence[str] = ()) -> dict:
@@ -175,23 +170,3 @@ def stream_events(done: dict, piece_chars: int = 16) -> Iterator[str]:
         yield event({"content": content[i : i + piece_chars]})
     yield event({}, choice["finish_reason"], medner=done["medner"], usage=done["usage"])
     yield "data: [DONE]\n\n"
-
-
-def trained_types(record: dict | None) -> dict:
-    """The types the served model was trained on (its run record), else every registered corpus's, with a warning."""
-    if record and record.get("corpora"):
-        names: list[str] = []
-        for c in record["corpora"].values():
-            names += [n for n in c.get("labels", []) if n not in names]
-        return {"labels": names, "warnings": []}
-    names = []
-    for c in load_registry().values():
-        names += [n for n in c.label_names if n not in names]
-    return {"labels": names, "warnings": ["the served model has no readable run record: types are every registered corpus's"]}
-
-
-def untrained_warning(asked: Sequence[str], known: Sequence[str]) -> list[str]:
-    new = [n for n in asked if n not in known]
-    if not new:
-        return []
-    return [f"type(s) {', '.join(new)} were never trained: the model answers them zero-shot, with unmeasured quality"]

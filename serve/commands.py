@@ -8,15 +8,21 @@ import os
 import sys
 from pathlib import Path
 
+from medner.config import load_config
+from medner.data.formats import write_tool_format
+from medner.data.registry import get_corpus
 from medner.files import open_private
+from medner.inference.ray_backend import make_task, run
+from medner.inference.runrecord import trained_types, untrained_warning
+from medner.inference.server_client import ExtractClient, task_for
+from medner.inference.token_tagger import TokenTagger
+from medner.prompts.contract import grounded_mode
+from medner.serve.launch import ServeSettings, serve
 
 DEFAULT_SERVE_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
 def _serve_defaults(config: str | None):
-    from medner.config import load_config
-    from medner.serve.launch import ServeSettings
-
     path = config or (DEFAULT_SERVE_CONFIG if DEFAULT_SERVE_CONFIG.is_file() else None)
     return load_config(ServeSettings, path, [])
 
@@ -41,9 +47,6 @@ def read_key(file: str | None, env: str = "MEDNER_API_KEY") -> str | None:
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from medner.config import load_config
-    from medner.serve.launch import ServeSettings, serve
-
     return serve(load_config(ServeSettings, a.config, a.overrides))
 
 
@@ -72,10 +75,12 @@ def _read_inputs(a: argparse.Namespace) -> list[dict]:
 
 
 def _extract(a: argparse.Namespace) -> int:
-    from medner.data.registry import get_corpus
-    from medner.serve.chat import trained_types, untrained_warning
-    from medner.serve.client import ExtractClient, task_for
+    """``medner extract``: dispatched on ``--engine`` (a server, or Ray Data shards)."""
+    return EXTRACT_ENGINES[a.engine](a)
 
+
+# long: reads the command line, checks it, runs, and writes one of three output formats
+def _extract_server(a: argparse.Namespace) -> int:
     defaults = _serve_defaults(a.serve_config)
     if a.url and len(a.url) > 1:
         raise ValueError("several --url are for --engine ray (a pool of servers); give one --url here")
@@ -88,7 +93,6 @@ def _extract(a: argparse.Namespace) -> int:
         labels = json.loads(a.labels) if a.labels.strip().startswith(("{", "[")) else [x for x in a.labels.split(",") if x]
     corpus = get_corpus(a.corpus) if (a.corpus and not labels) else None
     items = _read_inputs(a)
-    from medner.prompts.contract import grounded_mode
 
     if a.api_key:
         raise ValueError(KEY_ON_COMMAND_LINE)
@@ -111,8 +115,6 @@ def _extract(a: argparse.Namespace) -> int:
     task = client.decode_wider(task, bool(labels))
     results = client.extract(items, task, progress=len(items) > 1)
     if a.format:
-        from medner.data.formats import write_tool_format
-
         write_tool_format(results, a.format, a.out)
         failed = sum(1 for r in results if r["status"] != "ok")
         if failed:
@@ -137,6 +139,50 @@ def _extract(a: argparse.Namespace) -> int:
             f"error: {failed} of {len(results)} text(s) did not give a valid answer (see their status: truncated, invalid_json, ...)",
             file=sys.stderr,
         )
+        return 1
+    return 0
+
+
+def _extract_ray(a: argparse.Namespace) -> int:
+    """``medner extract --engine ray``: the command-line arguments of ``medner extract`` -> Ray Data shards."""
+
+    if a.api_key:
+        raise ValueError(KEY_ON_COMMAND_LINE)
+    if not a.file or a.file == "-" or a.text is not None:
+        raise ValueError("--engine ray reads --file IN.jsonl (a path or URI), not TEXT or stdin")
+    if not a.out:
+        raise ValueError("--engine ray writes part files into --out DIR")
+    if a.format:
+        raise ValueError("--format is not available with --engine ray; export the part files with `medner extract --format` per file")
+    labels = None
+    if a.labels:
+        labels = json.loads(a.labels) if a.labels.strip().startswith(("{", "[")) else [x for x in a.labels.split(",") if x]
+    task_args = {"labels": labels, "lang": a.lang} if labels else {"corpus": a.corpus}
+    make_task(task_args, "v1")  # a bad corpus or label set fails here, before Ray starts
+    summary = run(
+        a.file,
+        a.out,
+        task_args,
+        urls=a.url,
+        model=a.model or "ner",
+        base_model=a.base_model,
+        adapter=a.adapter,
+        address=a.address,
+        shard_records=a.shard_records,
+        workers=a.workers,
+        api_key=read_key(a.api_key_file),
+        concurrency=a.concurrency,
+        window_tokens=a.window_tokens,
+        grounded=grounded_mode(a.grounded),
+        raw=a.raw,
+    )
+    print(
+        f"{summary['records']} records in {summary['shards']} shard(s) -> {summary['out']}/part-*.jsonl "
+        f"({summary['shards_run']} run, {summary['shards_skipped']} already done)",
+        file=sys.stderr,
+    )
+    if summary["failed"]:
+        print(f"error: {summary['failed']} text(s) did not give a valid answer (see their status)", file=sys.stderr)
         return 1
     return 0
 
@@ -168,8 +214,6 @@ def _api(a: argparse.Namespace) -> int:
     )
     tagger = None
     if a.tokcls:
-        from medner.tokcls import TokenTagger
-
         tagger = TokenTagger.load(a.tokcls, a.base, batch_size=a.tokcls_batch)
         print(f"medner api: POST /predict from token-classification run {a.tokcls} ({tagger.corpus})", file=sys.stderr, flush=True)
     elif a.base:
@@ -184,6 +228,10 @@ def _api(a: argparse.Namespace) -> int:
     return 0
 
 
+EXTRACT_ENGINES = {"server": _extract_server, "ray": _extract_ray}
+
+
+# long: argparse declarations, one block per flag
 def add_serve_commands(stages) -> None:
     s = stages.add_parser("serve", help="vLLM's OpenAI-compatible server with the adapter")
     s.add_argument("--config", required=True)

@@ -15,8 +15,9 @@ import os
 from collections.abc import Sequence
 
 from medner.data.registry import get_corpus
+from medner.data.windows import WINDOW_TOKENS
+from medner.inference.server_client import ExtractClient
 from medner.prompts.contract import grounded_mode, task_for
-from medner.serve.client import ExtractClient
 
 
 class Extractor:
@@ -30,7 +31,7 @@ class Extractor:
         grounded: bool | str = True,
         api_key: str | None = None,
         prompt_version: str | None = None,
-        window_tokens: int = 256,
+        window_tokens: int = WINDOW_TOKENS,
         concurrency: int = 8,
         instruction: str | None = None,
     ):

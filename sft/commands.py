@@ -6,30 +6,30 @@ import argparse
 import logging
 from pathlib import Path
 
+from medner.config import load_config
+from medner.inference.models import make_tiny, merge_adapter, merged_model, resolve_model
+from medner.inference.runrecord import read_record, write_record
+from medner.sft.tokcls import TokClsSettings
+from medner.sft.tokcls import train as train_tokcls
+from medner.sft.train import SFTSettings
+from medner.sft.train import train as train_sft
+
 log = logging.getLogger(__name__)
 
 
 def _train(a: argparse.Namespace) -> int:
-    from medner.config import load_config
-    from medner.sft.train import SFTSettings, train
-
     cfg = load_config(SFTSettings, a.config, a.overrides)
-    train(cfg)
+    train_sft(cfg)
     return 0
 
 
 def _make_tiny(a: argparse.Namespace) -> int:
-    from medner.models import make_tiny
-
     out = make_tiny(a.out_dir, layers=a.layers, hidden=a.hidden, seed=a.seed)
     print(out)
     return 0
 
 
 def _merge(a: argparse.Namespace) -> int:
-    from medner.models import merge_adapter, merged_model, resolve_model
-    from medner.runrecord import read_record, write_record
-
     rec = read_record(a.adapter)
     if rec and rec.get("family", "generative") != "generative":
         raise ValueError(f"{a.adapter}: a {rec['family']} run: `medner sft merge` merges generative adapters only")
@@ -45,11 +45,8 @@ def _merge(a: argparse.Namespace) -> int:
 
 
 def _tokcls_train(a: argparse.Namespace) -> int:
-    from medner.config import load_config
-    from medner.sft.tokcls import TokClsSettings, train
-
     cfg = load_config(TokClsSettings, a.config, a.overrides)
-    train(cfg)
+    train_tokcls(cfg)
     return 0
 
 

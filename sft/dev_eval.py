@@ -1,8 +1,8 @@
 """Dev evaluation during training: the eval harness's ``hf`` backend on a fixed dev subset.
 
 Every ``eval_steps`` steps and at the end of training, the model being trained answers the first
-``dev_examples`` records of each corpus's dev split through :func:`medner.eval.backends.predict` with
-:class:`~medner.eval.backends.HFBackend`: the same planning, decoding constraint, parsing and scoring
+``dev_examples`` records of each corpus's dev split through :func:`medner.inference.generation.predict` with
+:class:`~medner.inference.hf_generate.HFBackend`: the same planning, decoding constraint, parsing and scoring
 as ``medner eval run backend=hf split=dev limit=N max_tokens=<dev_max_new_tokens>``, so the replies
 are the ones that command gives for the same weights. Predictions go to ``<output_dir>/dev/step-N/``
 (raw replies included, to look at). Dev F1, precision, recall and the parse rate are logged beside the
@@ -19,9 +19,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-log = logging.getLogger(__name__)
+from medner.inference.generation import predict
+from medner.prompts.contract import MAX_MODEL_LEN, resolve_grounded, task_for
 
-DEV_MAX_MODEL_LEN = 8192  # as eval's default max_model_len: the same plans as `medner eval run backend=hf`
+log = logging.getLogger(__name__)
 
 
 def _all_empty(records: list[dict], preds: dict[str, dict]) -> bool:
@@ -45,7 +46,6 @@ class DevEvalCallback(TrainerCallback):
         self.trainer = None
         self._last_step = -1
         self.clock = clock  # a WallClock: dev evaluation time is kept out of the training clock
-        from medner.prompts.contract import resolve_grounded
 
         self.grounded = resolve_grounded(cfg.dev_grounded, cfg.dev_constrained, "hf")  # as `medner eval run` decodes
         self.seconds = 0.0
@@ -75,15 +75,17 @@ class DevEvalCallback(TrainerCallback):
             if self.clock is not None:
                 self.clock.exclude(took)
 
+    # long: one dev pass per corpus: generate, score, log, keep the best adapter; the steps share the trainer state
     def _evaluate(self, state, model) -> dict | None:
         if not any(self.records.values()):
             return None
-        from medner.eval.backends import HFBackend, predict
         from medner.eval.score import score
-        from medner.prompts.contract import task_for
+        from medner.inference.hf_generate import HFBackend
 
         self._last_step = state.global_step
-        backend = HFBackend(model, self.tokenizer, batch_size=self.cfg.dev_batch_size, max_model_len=DEV_MAX_MODEL_LEN)
+        backend = HFBackend(
+            model, self.tokenizer, batch_size=self.cfg.dev_batch_size, max_model_len=MAX_MODEL_LEN
+        )  # eval's default: the plans of `medner eval run backend=hf`
         step_dir = self.out / "dev" / f"step-{state.global_step}"
         step_dir.mkdir(parents=True, exist_ok=True)
         preds: dict[str, dict] = {}

@@ -20,13 +20,6 @@ from transformers import TrainerCallback
 log = logging.getLogger(__name__)
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, the number of processes) under torchrun / accelerate launch; (0, 1) alone."""
-    import os
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 class WallClock(TrainerCallback):
     """Cumulative training wall seconds (``train_wall_s``) logged at every step. With ``budget_s``, training
     stops (with a checkpoint) at the first step that ends past the budget.

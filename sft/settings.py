@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from medner.data.windows import WINDOW_TOKENS
+
 
 @dataclasses.dataclass
 class TrainingSettings:
@@ -21,7 +23,7 @@ class TrainingSettings:
     output_dir: str = "runs/sft"
     seed: int = 42
     # windowing cap in tokens for long texts (data stage rule); the same cap is used at inference (run record)
-    window_tokens: int = 256
+    window_tokens: int = WINDOW_TOKENS
     # nf4 (QLoRA; bitsandbytes 4-bit) | none (LoRA on bf16 weights)
     quantization: str = "nf4"
     # auto | cpu | cuda

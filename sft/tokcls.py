@@ -4,22 +4,27 @@ The classic recipe beside the generative one (:mod:`medner.sft.train`), with the
 a commented YAML per machine, ``key=value`` overrides, unknown keys an error, the resolved config saved,
 resume after a kill from the newest complete checkpoint, the adapter in ``<output_dir>/adapter/`` with a run
 record (``family: token-classification``), a loss curve, dev F1 during training and the best adapter in
-``<output_dir>/best``. Alignment, decoding and windows are :mod:`medner.tokcls`'s, shared with eval and
+``<output_dir>/best``. Alignment, decoding and windows are :mod:`medner.inference.token_tagger`'s, shared with eval and
 ``/predict``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import logging
 import random
-import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from medner.config import ConfigError, save_config
+from medner.config import ConfigError
+from medner.data.records import convert
+from medner.data.registry import Corpus, RegistryError, get_corpus
+from medner.data.windows import make_windows, window_record
+from medner.inference.runrecord import write_record
+from medner.inference.token_tagger import FAMILY, TokenTagger, bio_labels, load_token_classifier, sub_token_counter, training_features
+from medner.prompts.schema import schema_hash
+from medner.sft.run_folder import RunFolder, base_model_record, created_now, prepare_machine
 from medner.sft.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -72,9 +77,11 @@ RESUME_KEYS = (
 )
 
 
-def check_settings(cfg: TokClsSettings) -> None:
+def check_settings(cfg: TokClsSettings) -> Corpus:
+    """Every configuration error before any data or model work, reported together; the corpus."""
+    errors = []
     if len(cfg.corpora) != 1:
-        raise ConfigError(f"corpora: token classification trains one corpus's tag set, not {len(cfg.corpora)} ({', '.join(cfg.corpora)})")
+        errors.append(f"corpora: token classification trains one corpus's tag set, not {len(cfg.corpora)} ({', '.join(cfg.corpora)})")
     choices = {
         "label_subtoken": ("first", "last"),
         "decode": ("argmax", "viterbi"),
@@ -84,12 +91,19 @@ def check_settings(cfg: TokClsSettings) -> None:
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join('null' if a is None else a for a in allowed)}, not {getattr(cfg, key)!r}")
+            errors.append(f"{key} must be one of {', '.join('null' if a is None else a for a in allowed)}, not {getattr(cfg, key)!r}")
+    corpus = None
+    try:
+        corpus = get_corpus(cfg.corpora[0]) if cfg.corpora else None
+    except RegistryError as e:
+        errors.append(str(e))
+    if errors or corpus is None:
+        raise ConfigError("; ".join(errors) or "corpora: name one corpus")
+    return corpus
 
 
 def training_windows(records: list[dict], lang: str, count, cap: int) -> list[dict]:
     """Annotated records -> windows that never cut an entity (the data stage's rule), each a record."""
-    from medner.data.windows import make_windows, window_record
 
     out = []
     for r in records:
@@ -114,7 +128,7 @@ def balanced_weights(features: list[dict], n_labels: int) -> list[float]:
 
 
 class TokClsDevEval:
-    """Dev F1 during training through :class:`medner.tokcls.TokenTagger` (the inference path of eval and
+    """Dev F1 during training through :class:`medner.inference.token_tagger.TokenTagger` (the inference path of eval and
     ``/predict``) and eval's scorer; the best adapter goes to ``<output_dir>/best``."""
 
     def __init__(self, records: list[dict], tagger_args: dict, out: Path, clock, write_meta):
@@ -135,7 +149,6 @@ class TokClsDevEval:
 
     def _evaluate(self, model, tokenizer, state) -> None:
         from medner.eval.score import score
-        from medner.tokcls import TokenTagger
 
         self.last_step = state.global_step
         was_training = model.training
@@ -173,40 +186,60 @@ class TokClsDevEval:
 
 
 def train(cfg: TokClsSettings) -> Path:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
+    """Token classification, step by step; returns the adapter folder (a rerun with the same settings resumes)."""
+    from datasets import Dataset  # heavy: only a training run needs it
 
-    from medner.data.records import convert
-    from medner.data.registry import get_corpus
-    from medner.models import resolve_model, tokenizer_hash, weights_hash
-    from medner.prompts.schema import schema_hash
-    from medner.runrecord import write_record
-    from medner.sft.plots import write_loss_curve
-    from medner.sft.progress import WallClock, rank_and_world
-    from medner.sft.train import check_resumable, latest_checkpoint, pick_device
-    from medner.tokcls import FAMILY, bio_labels, load_token_classifier, sub_token_counter, training_features
-
-    check_settings(cfg)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    rank, world = rank_and_world()
-    main = rank == 0  # data-parallel (torchrun / accelerate launch): only the main process writes files
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_resumable(cfg, out, RESUME_KEYS)
-    if main:
-        save_config(cfg, out / "config.resolved.yaml")
-    corpus = get_corpus(cfg.corpora[0])
-    model_dir = resolve_model(cfg.model)
-    device = pick_device(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = "<|endoftext|>"
+    corpus = check_settings(cfg)
+    run = RunFolder.open(cfg, RESUME_KEYS)
+    model_dir, device, tokenizer = prepare_machine(cfg)
     labels = bio_labels(corpus.label_names)
-    label2id = {t: i for i, t in enumerate(labels)}
+    data = prepare_data(cfg, run, corpus, tokenizer, labels)
+    model, mode = load_model(cfg, model_dir, labels, device)
+    record = TokClsRecord(cfg, corpus, labels, model_dir, mode, device, len(data.features), tokenizer)
+    trainer, clock, dev_eval = make_trainer(
+        cfg, run, model, tokenizer, Dataset.from_list(data.features), data, corpus, labels, record, device
+    )
+    result, wall = run.train(trainer)
+    if not trainer.is_world_process_zero():
+        return run.out / "adapter"
+    final = run.save_adapter(trainer, record.write)
+    steps = trainer.state.global_step
+    examples_per_step = cfg.batch_size * cfg.grad_accum * run.world
+    run.write_summary(
+        trainer,
+        "medner token classification",
+        family=FAMILY,
+        steps=steps,
+        train_wall_s=clock.total,
+        stopped_by_budget=clock.stopped_by_budget,
+        paused_s=clock.paused_s,
+        segment_wall_s=wall,
+        dev_eval_s=dev_eval.seconds,
+        train_examples=len(data.features),
+        examples_seen=steps * examples_per_step,
+        mean_example_tokens=round(data.mean_tokens, 1),
+        mode=mode,
+        device=device,
+        dev=dev_eval.history,
+        best_dev_f1=dev_eval.best_f1,
+        train_loss=getattr(result, "training_loss", None),
+        world_size=run.world,
+        examples_per_step=examples_per_step,
+    )
+    log.info("adapter written to %s (%d steps, %.0f s)", final, steps, wall)
+    return final
 
+
+@dataclasses.dataclass
+class TokClsData:
+    features: list[dict]
+    dev: list[dict]
+    mean_tokens: float
+
+
+def prepare_data(cfg: TokClsSettings, run: RunFolder, corpus: Corpus, tokenizer, labels: list[str]) -> TokClsData:
+    """Training windows (never cutting an entity) as features, dev records; the data manifest written."""
+    label2id = {t: i for i, t in enumerate(labels)}
     count = sub_token_counter(tokenizer, corpus.lang)
     train_records = convert(corpus, cfg.train_split)
     windows = training_windows(train_records, corpus.lang, count, cfg.window_tokens)
@@ -216,41 +249,41 @@ def train(cfg: TokClsSettings) -> Path:
     if not windows:
         raise ConfigError("no training examples")
     features = [training_features(w, tokenizer, label2id, cfg.label_subtoken, cfg.echo) for w in windows]
-    dev_records = convert(corpus, cfg.dev_split)
-    dev_records = dev_records[: cfg.dev_examples] if cfg.dev_examples is not None else dev_records
-    if not main:
-        dev_records = []  # dev evaluation runs in the main process only
+    dev = convert(corpus, cfg.dev_split)
+    dev = dev[: cfg.dev_examples] if cfg.dev_examples is not None else dev
+    if not run.main:
+        dev = []  # dev evaluation runs in the main process only
     longest = max(len(f["input_ids"]) for f in features)
     mean_tokens = sum(len(f["input_ids"]) for f in features) / len(features)
-    if main:
-        (out / "data_manifest.json").write_text(
-            json.dumps(
-                {
-                    "corpus": corpus.name,
-                    "train_records": len(train_records),
-                    "train_examples": len(features),
-                    "dev_records": len(dev_records),
-                    "longest_example_tokens": longest,
-                    "mean_example_tokens": round(mean_tokens, 1),
-                    "labels": labels,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    run.write_manifest(
+        {
+            "corpus": corpus.name,
+            "train_records": len(train_records),
+            "train_examples": len(features),
+            "dev_records": len(dev),
+            "longest_example_tokens": longest,
+            "mean_example_tokens": round(mean_tokens, 1),
+            "labels": labels,
+        }
+    )
     log.info(
         "data: %d training windows from %d records (longest %d sub-tokens), %d dev records",
         len(features),
         len(train_records),
         longest,
-        len(dev_records),
+        len(dev),
     )
+    return TokClsData(features, dev, mean_tokens)
 
-    quant = None
-    mode = "LoRA"
+
+def load_model(cfg: TokClsSettings, model_dir: Path, labels: list[str], device: str):
+    """The base with a BIO head, LoRA on every linear layer of the body, the head trained in full in float32."""
+    import torch  # heavy (torch, transformers, peft): only a training run needs them
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    quant, mode = None, "LoRA"
     if cfg.quantization == "nf4":
-        from transformers import BitsAndBytesConfig
-
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
         )
@@ -274,50 +307,67 @@ def train(cfg: TokClsSettings) -> Path:
             module.register_forward_pre_hook(lambda m, args: (args[0].float(),))
     mode = f"{mode} token classification, {cfg.dtype} weights on {device}"
     log.info("training mode: %s; trainable parameters: %d", mode, sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return model, mode
 
-    def record_for(steps: int) -> dict:
+
+@dataclasses.dataclass
+class TokClsRecord:
+    """The run record of a token-classification run, written with the tokenizer into an adapter folder."""
+
+    cfg: TokClsSettings
+    corpus: Corpus
+    labels: list[str]
+    model_dir: Path
+    mode: str
+    device: str
+    train_examples: int
+    tokenizer: Any
+
+    def record(self, steps: int) -> dict:
+        cfg, corpus = self.cfg, self.corpus
         return {
             "medner_run": 1,
             "family": FAMILY,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": created_now(),
             "corpus": corpus.name,
             "corpora": {corpus.name: {"lang": corpus.lang, "labels": corpus.label_names, "schema_sha256": schema_hash(corpus.label_names)}},
             "lang": corpus.lang,
-            "labels": labels,
+            "labels": self.labels,
             "window_tokens": cfg.window_tokens,
             "label_subtoken": cfg.label_subtoken,
             "echo": cfg.echo,
             "decode": cfg.decode,
             "dtype": cfg.dtype,
-            "base_model": {
-                "source": cfg.model,
-                "path": str(model_dir),
-                "weights_sha256": weights_hash(model_dir),
-                "tokenizer_sha256": tokenizer_hash(model_dir),
-            },
-            "training": {"mode": mode, "device": device, "steps": steps, "train_examples": len(features)},
+            "base_model": base_model_record(cfg.model, self.model_dir),
+            "training": {"mode": self.mode, "device": self.device, "steps": steps, "train_examples": self.train_examples},
         }
 
-    def write_meta(folder: Path, steps: int) -> None:
-        write_record(folder, record_for(steps))
-        tokenizer.save_pretrained(str(folder))
+    def write(self, folder: Path, steps: int) -> None:
+        write_record(folder, self.record(steps))
+        self.tokenizer.save_pretrained(str(folder))
 
-    clock = WallClock(cfg.max_train_wall_s, pause_dir=out)
-    dev_eval = TokClsDevEval(
-        dev_records,
-        {
-            "labels": labels,
-            "lang": corpus.lang,
-            "window_tokens": cfg.window_tokens,
-            "batch_size": cfg.dev_batch_size,
-            "label_subtoken": cfg.label_subtoken,
-            "echo": cfg.echo,
-            "decode": cfg.decode,
-        },
-        out,
-        clock,
-        write_meta,
-    )
+
+# long: the callback and loss classes close over the run's settings and class weights
+def make_trainer(
+    cfg: TokClsSettings, run: RunFolder, model, tokenizer, ds, data: TokClsData, corpus: Corpus, labels: list[str], record, device: str
+):
+    """transformers' Trainer (class-weighted loss when asked) with the wall clock and the dev evaluation."""
+    import torch  # heavy (torch, transformers): only a training run needs them
+    from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
+
+    from medner.sft.progress import WallClock
+
+    clock = WallClock(cfg.max_train_wall_s, pause_dir=run.out)
+    tagger_args = {
+        "labels": labels,
+        "lang": corpus.lang,
+        "window_tokens": cfg.window_tokens,
+        "batch_size": cfg.dev_batch_size,
+        "label_subtoken": cfg.label_subtoken,
+        "echo": cfg.echo,
+        "decode": cfg.decode,
+    }
+    dev_eval = TokClsDevEval(data.dev, tagger_args, run.out, clock, record.write)
 
     class DevCallback(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -327,15 +377,8 @@ def train(cfg: TokClsSettings) -> Path:
         def on_train_end(self, args, state, control, **kw):
             dev_eval(kw["model"], tokenizer, state)
 
-    if world > 1 and main:
-        log.info(
-            "data-parallel: %d processes x batch_size %d x grad_accum %d = %d windows per optimizer step; each process trains on its shard",
-            world,
-            cfg.batch_size,
-            cfg.grad_accum,
-            cfg.batch_size * cfg.grad_accum * world,
-        )
-    weights = torch.tensor(balanced_weights(features, len(labels))) if cfg.class_weights == "balanced" else None
+    run.log_data_parallel("windows", cfg.batch_size, cfg.grad_accum)
+    weights = torch.tensor(balanced_weights(data.features, len(labels))) if cfg.class_weights == "balanced" else None
 
     class TokClsTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -349,9 +392,8 @@ def train(cfg: TokClsSettings) -> Path:
             )
             return (loss, outputs) if return_outputs else loss
 
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     args = TrainingArguments(
-        output_dir=str(out),
+        output_dir=str(run.out),
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,
@@ -365,7 +407,7 @@ def train(cfg: TokClsSettings) -> Path:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
-        bf16=use_bf16,
+        bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
         use_cpu=device == "cpu",
         report_to=[],
         dataloader_num_workers=0,
@@ -375,49 +417,8 @@ def train(cfg: TokClsSettings) -> Path:
     trainer = TokClsTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(features),
+        train_dataset=ds,
         data_collator=DataCollatorForTokenClassification(tokenizer),
         callbacks=[clock, DevCallback()],
     )
-    resume = latest_checkpoint(out)
-    if resume:
-        log.info("resuming from %s", resume.name)
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.perf_counter() - t0
-
-    final = out / "adapter"
-    if not trainer.is_world_process_zero():
-        return final
-    trainer.model.save_pretrained(str(final))
-    write_meta(final, trainer.state.global_step)
-    shutil.copy(out / "config.resolved.yaml", final / "config.resolved.yaml")
-    shutil.copy(out / "data_manifest.json", final / "data_manifest.json")
-    examples_per_step = cfg.batch_size * cfg.grad_accum * world
-    summary = write_loss_curve(trainer.state.log_history, out, title="medner token classification")
-    summary.update(
-        family=FAMILY,
-        steps=trainer.state.global_step,
-        train_wall_s=clock.total,
-        stopped_by_budget=clock.stopped_by_budget,
-        paused_s=clock.paused_s,
-        segment_wall_s=wall,
-        dev_eval_s=dev_eval.seconds,
-        train_examples=len(features),
-        examples_seen=trainer.state.global_step * examples_per_step,
-        mean_example_tokens=round(mean_tokens, 1),
-        mode=mode,
-        device=device,
-        dev=dev_eval.history,
-        best_dev_f1=dev_eval.best_f1,
-        train_loss=getattr(result, "training_loss", None),
-        world_size=world,
-        examples_per_step=examples_per_step,
-    )
-    if device == "cpu":
-        import resource
-
-        summary["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("adapter written to %s (%d steps, %.0f s)", final, trainer.state.global_step, wall)
-    return final
+    return trainer, clock, dev_eval

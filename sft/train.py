@@ -8,19 +8,25 @@ on the answer only and the model's own (Qwen2.5) chat template renders them.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import logging
 import os
 import random
-import re
-import shutil
-import time
 from pathlib import Path
+from typing import Any
 
-from medner.config import ConfigError, save_config
+from medner.config import ConfigError
+from medner.data.records import convert
+from medner.data.registry import Corpus, RegistryError, get_corpus
 from medner.files import sha256_of
+from medner.inference.runrecord import write_record
+from medner.prompts.contract import resolve_grounded
+from medner.prompts.instructions import INSTRUCTION_VERSION, STYLES, load_pool
+from medner.prompts.pairs import record_to_pairs
+from medner.prompts.render import template_hash
+from medner.prompts.schema import schema_hash
+from medner.sft.run_folder import RunFolder, base_model_record, created_now, prepare_machine
 from medner.sft.settings import TrainingSettings
+from medner.tokenizer import token_counter
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +70,9 @@ class SFTSettings(TrainingSettings):
 EMPTY_ANSWER = '{"entities":[]}'
 
 
+# long: one loop over corpora and splits; the manifest rows are written beside the data they describe
 def build_datasets(cfg: SFTSettings):
     """Training pairs of the mixture, dev pairs (with their records), and the data manifest."""
-    from medner.data.records import convert
-    from medner.data.registry import get_corpus
-    from medner.prompts.pairs import record_to_pairs
-    from medner.tokenizer import token_counter
 
     count = token_counter()
     train, dev, manifest = [], {}, []
@@ -91,29 +94,12 @@ def build_datasets(cfg: SFTSettings):
                         p["corpus"] = name
                         pairs.append(p)
                 train.extend(pairs)
-                manifest.append(
-                    {
-                        "corpus": name,
-                        "split": split,
-                        "file": str(path),
-                        "sha256": sha256_of(path),
-                        "records": len(records),
-                        "pairs": len(pairs),
-                    }
-                )
+                row = {"pairs": len(pairs)}
             else:
                 # the first dev_examples records in file order: the records `medner eval run split=dev limit=N` takes
                 dev[name] = records[: cfg.dev_examples] if cfg.dev_examples is not None else records
-                manifest.append(
-                    {
-                        "corpus": name,
-                        "split": split,
-                        "file": str(path),
-                        "sha256": sha256_of(path),
-                        "records": len(records),
-                        "dev_records_evaluated": len(dev[name]),
-                    }
-                )
+                row = {"dev_records_evaluated": len(dev[name])}
+            manifest.append({"corpus": name, "split": split, "file": str(path), "sha256": sha256_of(path), "records": len(records), **row})
     rng = random.Random(cfg.seed)
     rng.shuffle(train)
     if cfg.max_empty_fraction is not None:
@@ -137,7 +123,6 @@ def build_datasets(cfg: SFTSettings):
 
 def check_mix(mix: dict[str, float] | None) -> dict[str, float] | None:
     """The instruction mix, checked: known styles, non-negative weights, some weight."""
-    from medner.prompts.instructions import STYLES
 
     if not mix:
         return None
@@ -205,50 +190,6 @@ RESUME_KEYS = (
 )
 
 
-def check_resumable(cfg, out: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
-    """Refuse to resume checkpoints that another setup wrote into the same output_dir (one line)."""
-    import yaml
-
-    old_path = out / "config.resolved.yaml"
-    if not (old_path.is_file() and latest_checkpoint(out)):
-        return
-    old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
-    changed = [k for k in keys if k in old and old[k] != getattr(cfg, k)]
-    if changed:
-        raise ConfigError(
-            f"{out} holds checkpoints of another setup ({', '.join(f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
-            "use another output_dir, or delete it to start over"
-        )
-
-
-def pick_device(cfg: SFTSettings) -> str:
-    import torch
-
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible")
-    return cfg.device
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest *complete* checkpoint: one whose trainer state, adapter and optimizer were all written.
-    A checkpoint cut short by a kill lacks one of them and is skipped."""
-    done = []
-    for d in output_dir.glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
-        if not m:
-            continue
-        needed = ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt"]
-        if all((d / f).is_file() and (d / f).stat().st_size > 0 for f in needed):
-            try:
-                json.loads((d / "trainer_state.json").read_text())
-            except ValueError:
-                continue
-            done.append((int(m.group(1)), d))
-    return max(done)[1] if done else None
-
-
 def load_model(cfg: SFTSettings, model_dir: Path, device: str):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -283,82 +224,153 @@ def load_model(cfg: SFTSettings, model_dir: Path, device: str):
 
 
 def train(cfg: SFTSettings) -> Path:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    """QLoRA SFT, step by step; returns the adapter folder (a rerun with the same settings resumes)."""
+    from datasets import Dataset  # heavy: only a training run needs it
 
-    from medner.data.registry import get_corpus
-    from medner.models import resolve_model, tokenizer_hash, weights_hash
-    from medner.prompts.instructions import INSTRUCTION_VERSION, load_pool
-    from medner.prompts.render import template_hash
-    from medner.prompts.schema import schema_hash
-    from medner.runrecord import write_record
-    from medner.sft.dev_eval import DevEvalCallback
-    from medner.sft.plots import write_loss_curve
-    from medner.sft.progress import Snapshots, WallClock, write_snapshot
+    corpora = check_settings(cfg)
+    run = RunFolder.open(cfg, RESUME_KEYS)
+    model_dir, device, tokenizer = prepare_machine(cfg)
+    data = prepare_data(cfg, run, tokenizer)
+    model, mode = load_model(cfg, model_dir, device)
+    check_attention(cfg, model)
+    record = RecordWriter(cfg, corpora, data, model_dir, mode, device, tokenizer)
+    trainer, clock, dev_cb = make_trainer(cfg, run, model, tokenizer, Dataset.from_list(data.prompts()), data, record, corpora, device)
+    result, wall = run.train(trainer)
+    if not trainer.is_world_process_zero():
+        return run.out / "adapter"
+    return finish(cfg, run, trainer, result, wall, clock, dev_cb, data, record, mode, device)
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    from medner.sft.progress import rank_and_world
 
-    rank, world = rank_and_world()
-    main = rank == 0  # data-parallel (torchrun / accelerate launch): only the main process writes files
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_resumable(cfg, out)
-    if main:
-        save_config(cfg, out / "config.resolved.yaml")
-    corpora = {name: get_corpus(name) for name in cfg.corpora}  # fail fast on an unknown corpus
-    template_hash(cfg.prompt_version)  # fail fast on an unknown prompt version
-    try:  # fail fast on a dev decoding setting that cannot apply
-        from medner.prompts.contract import resolve_grounded
-
+def check_settings(cfg: SFTSettings) -> dict[str, Corpus]:
+    """Every configuration error before any data or model work, reported together; the corpora."""
+    errors, corpora = [], {}
+    for name in cfg.corpora:
+        try:
+            corpora[name] = get_corpus(name)
+        except RegistryError as e:
+            errors.append(str(e))
+    try:
+        template_hash(cfg.prompt_version)
+    except (ValueError, OSError) as e:
+        errors.append(f"prompt_version: {e}")
+    try:
         resolve_grounded(cfg.dev_grounded, cfg.dev_constrained, "hf")
     except ValueError as e:
-        raise ConfigError(f"dev_grounded: {e}") from None
-    model_dir = resolve_model(cfg.model)
-    device = pick_device(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = "<|endoftext|>"
+        errors.append(f"dev_grounded: {e}")
+    try:
+        check_mix(cfg.instruction_mix)
+    except ConfigError as e:
+        errors.append(str(e))
+    if cfg.quantization not in ("nf4", "none"):
+        errors.append(f"quantization must be nf4 or none, not {cfg.quantization!r}")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return corpora
 
-    train_pairs, dev_records, manifest = build_datasets(cfg)
-    if not train_pairs:
+
+@dataclasses.dataclass
+class TrainingData:
+    pairs: list[dict]
+    dev: dict[str, list[dict]]  # corpus -> dev records
+    longest: int
+    mean_tokens: float
+
+    def prompts(self) -> list[dict]:
+        return [{"prompt": p["prompt"], "completion": p["completion"]} for p in self.pairs]
+
+
+def prepare_data(cfg: SFTSettings, run: RunFolder, tokenizer) -> TrainingData:
+    """The training pairs (lengths checked) and dev records; the data manifest written."""
+    pairs, dev, files = build_datasets(cfg)
+    if not pairs:
         raise ConfigError("no training examples")
-    longest, mean_tokens = check_lengths(train_pairs, tokenizer, cfg.max_length)
-    if not main:
-        dev_records = {}  # dev evaluation runs in the main process only
-    else:
-        (out / "data_manifest.json").write_text(
-            json.dumps(
-                {
-                    "train_examples": len(train_pairs),
-                    "dev_records": sum(len(v) for v in dev_records.values()),
-                    "longest_example_tokens": longest,
-                    "mean_example_tokens": round(mean_tokens, 1),
-                    "prompt_version": cfg.prompt_version,
-                    "instruction_mix": cfg.instruction_mix,
-                    "styles": style_counts(train_pairs),
-                    "files": manifest,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-    log.info(
-        "data: %d training pairs (longest %d tokens), %d dev records", len(train_pairs), longest, sum(len(v) for v in dev_records.values())
+    longest, mean_tokens = check_lengths(pairs, tokenizer, cfg.max_length)
+    if not run.main:
+        dev = {}  # dev evaluation runs in the main process only
+    run.write_manifest(
+        {
+            "train_examples": len(pairs),
+            "dev_records": sum(len(v) for v in dev.values()),
+            "longest_example_tokens": longest,
+            "mean_example_tokens": round(mean_tokens, 1),
+            "prompt_version": cfg.prompt_version,
+            "instruction_mix": cfg.instruction_mix,
+            "styles": style_counts(pairs),
+            "files": files,
+        }
     )
-    ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["completion"]} for p in train_pairs])
+    log.info("data: %d training pairs (longest %d tokens), %d dev records", len(pairs), longest, sum(len(v) for v in dev.values()))
+    return TrainingData(pairs, dev, longest, mean_tokens)
 
-    model, mode = load_model(cfg, model_dir, device)
+
+def check_attention(cfg: SFTSettings, model) -> None:
     attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if cfg.padding_free and not str(attn).startswith("flash_attention"):
         raise ConfigError(
             f"padding_free=true needs FlashAttention; this model runs {attn} attention, where the flattened examples "
             "would attend to each other; use group_by_length=true to cut padding instead"
         )
+
+
+@dataclasses.dataclass
+class RecordWriter:
+    """The run record of this run (what serve, extract and eval check an adapter against), written with the
+    tokenizer into an adapter folder (the result, a learning-curve snapshot, the best dev step)."""
+
+    cfg: SFTSettings
+    corpora: dict[str, Corpus]
+    data: TrainingData
+    model_dir: Path
+    mode: str
+    device: str
+    tokenizer: Any
+
+    def record(self, steps: int) -> dict:
+        cfg = self.cfg
+        return {
+            "medner_run": 1,
+            "created": created_now(),
+            "prompt_version": cfg.prompt_version,
+            "prompt_template_sha256": template_hash(cfg.prompt_version),
+            "corpora": {
+                n: {
+                    "lang": c.lang,
+                    "labels": c.label_names,
+                    "schema_sha256": schema_hash(c.label_names),
+                    "synonyms": {lab.name: dict(lab.synonyms) for lab in c.labels},
+                }
+                for n, c in self.corpora.items()
+            },
+            "instructions": (
+                {
+                    "version": INSTRUCTION_VERSION,
+                    "pool_sha256": load_pool().sha256,
+                    "mix": cfg.instruction_mix,
+                    "styles": style_counts(self.data.pairs),
+                }
+                if cfg.instruction_mix
+                else None
+            ),
+            "window_tokens": cfg.window_tokens,
+            "base_model": base_model_record(cfg.model, self.model_dir),
+            "training": {"mode": self.mode, "device": self.device, "steps": steps, "train_examples": len(self.data.pairs)},
+        }
+
+    def write(self, folder: Path, steps: int) -> None:
+        write_record(folder, self.record(steps))
+        self.tokenizer.save_pretrained(str(folder))
+
+
+def make_trainer(cfg: SFTSettings, run: RunFolder, model, tokenizer, ds, data: TrainingData, record: RecordWriter, corpora, device: str):
+    """TRL's SFTTrainer (length-grouped steps in random order when asked) with the wall clock, the learning-curve
+    snapshots and the dev evaluation as callbacks."""
+    import torch  # heavy (torch, peft, trl): only a training run needs them
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    from medner.sft.dev_eval import DevEvalCallback
+    from medner.sft.progress import Snapshots, WallClock
+
     peft_cfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -366,8 +378,26 @@ def train(cfg: SFTSettings) -> Path:
         target_modules=cfg.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    args = SFTConfig(
+    args = sft_arguments(cfg, run.out, device == "cuda" and torch.cuda.is_bf16_supported(), device)
+    clock = WallClock(cfg.max_train_wall_s, pause_dir=run.out)
+    examples_per_step = cfg.batch_size * cfg.grad_accum * run.world
+    run.log_data_parallel(
+        f"examples (learning rate {cfg.learning_rate:g} per step) of the {len(data.pairs)} pairs", cfg.batch_size, cfg.grad_accum
+    )
+    dev_cb = DevEvalCallback(data.dev, tokenizer, corpora, run.out, cfg, clock=clock)
+    callbacks = [clock, dev_cb]
+    if cfg.curve_examples:
+        callbacks.insert(1, Snapshots(cfg.curve_examples, examples_per_step, run.out, clock, record.write))
+    trainer_cls = _length_grouped(SFTTrainer, examples_per_step, cfg.seed) if cfg.group_by_length else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks)
+    dev_cb.trainer = trainer
+    return trainer, clock, dev_cb
+
+
+def sft_arguments(cfg: SFTSettings, out: Path, bf16: bool, device: str):
+    from trl import SFTConfig  # heavy: only a training run needs it
+
+    return SFTConfig(
         output_dir=str(out),
         # check_lengths has already refused any example over max_length; TRL refuses to enforce it padding-free
         max_length=None if cfg.padding_free else cfg.max_length,
@@ -389,7 +419,7 @@ def train(cfg: SFTSettings) -> Path:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
-        bf16=use_bf16,
+        bf16=bf16,
         use_cpu=device == "cpu",
         report_to=[],
         dataloader_num_workers=0,
@@ -398,88 +428,23 @@ def train(cfg: SFTSettings) -> Path:
         include_num_input_tokens_seen=True,
     )
 
-    def record_for(steps: int) -> dict:
-        return {
-            "medner_run": 1,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "prompt_version": cfg.prompt_version,
-            "prompt_template_sha256": template_hash(cfg.prompt_version),
-            "corpora": {
-                n: {
-                    "lang": c.lang,
-                    "labels": c.label_names,
-                    "schema_sha256": schema_hash(c.label_names),
-                    "synonyms": {lab.name: dict(lab.synonyms) for lab in c.labels},
-                }
-                for n, c in corpora.items()
-            },
-            "instructions": (
-                {
-                    "version": INSTRUCTION_VERSION,
-                    "pool_sha256": load_pool().sha256,
-                    "mix": cfg.instruction_mix,
-                    "styles": style_counts(train_pairs),
-                }
-                if cfg.instruction_mix
-                else None
-            ),
-            "window_tokens": cfg.window_tokens,
-            "base_model": {
-                "source": cfg.model,
-                "path": str(model_dir),
-                "weights_sha256": weights_hash(model_dir),
-                "tokenizer_sha256": tokenizer_hash(model_dir),
-            },
-            "training": {"mode": mode, "device": device, "steps": steps, "train_examples": len(train_pairs)},
-        }
 
-    def write_meta(folder: Path, steps: int) -> None:
-        write_record(folder, record_for(steps))
-        tokenizer.save_pretrained(str(folder))
+def finish(cfg: SFTSettings, run: RunFolder, trainer, result, wall: float, clock, dev_cb, data: TrainingData, record, mode, device) -> Path:
+    """The adapter with its record, the best dev step's record, the summary (and the dev alarms logged)."""
+    from medner.sft.progress import write_snapshot  # heavy (transformers callbacks): only a training run needs it
 
-    clock = WallClock(cfg.max_train_wall_s, pause_dir=out)
-    examples_per_step = cfg.batch_size * cfg.grad_accum * world
-    if world > 1 and main:
-        log.info(
-            "data-parallel: %d processes x batch_size %d x grad_accum %d = %d examples per optimizer step (learning rate %g per step); "
-            "each process trains on its shard of the %d pairs",
-            world,
-            cfg.batch_size,
-            cfg.grad_accum,
-            examples_per_step,
-            cfg.learning_rate,
-            len(train_pairs),
-        )
-    dev_cb = DevEvalCallback(dev_records, tokenizer, corpora, out, cfg, clock=clock)
-    callbacks = [clock, dev_cb]
-    if cfg.curve_examples:
-        callbacks.insert(1, Snapshots(cfg.curve_examples, examples_per_step, out, clock, write_meta))
-    trainer_cls = _length_grouped(SFTTrainer, examples_per_step, cfg.seed) if cfg.group_by_length else SFTTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks)
-    dev_cb.trainer = trainer
-    resume = latest_checkpoint(out)
-    if resume:
-        log.info("resuming from %s", resume.name)
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.perf_counter() - t0
-
-    final = out / "adapter"
-    if not trainer.is_world_process_zero():
-        return final
-    trainer.model.save_pretrained(str(final))
-    tokenizer.save_pretrained(str(final))
-    record = record_for(trainer.state.global_step)
-    examples_seen = trainer.state.global_step * examples_per_step
-    write_snapshot(final, trainer.state.global_step, examples_seen, clock.total)
-    write_record(final, record)
-    shutil.copy(out / "config.resolved.yaml", final / "config.resolved.yaml")
-    shutil.copy(out / "data_manifest.json", final / "data_manifest.json")
+    final = run.save_adapter(trainer, record.write)
+    steps = trainer.state.global_step
+    examples_per_step = cfg.batch_size * cfg.grad_accum * run.world
+    write_snapshot(final, steps, steps * examples_per_step, clock.total)
     if dev_cb.best_dir.is_dir():
-        write_record(dev_cb.best_dir, record)
-    summary = write_loss_curve(trainer.state.log_history, out)
-    summary.update(
-        steps=trainer.state.global_step,
+        write_record(dev_cb.best_dir, record.record(steps))
+    tokens = int(trainer.state.num_input_tokens_seen or 0) - int(getattr(dev_cb, "tokens_at_start", None) or 0)  # this invocation only
+    warnings = dev_cb.warnings()
+    run.write_summary(
+        trainer,
+        None,
+        steps=steps,
         # training seconds over every resumed segment (dev evaluation excluded; see sft/progress.py)
         train_wall_s=clock.total,
         stopped_by_budget=clock.stopped_by_budget,
@@ -487,32 +452,22 @@ def train(cfg: SFTSettings) -> Path:
         segment_wall_s=wall,
         step_wall_s=[round(x, 3) for x in clock.segment_steps],
         dev_eval_s=dev_cb.seconds,
-        train_examples=len(train_pairs),
-        examples_seen=examples_seen,
-        mean_example_tokens=round(mean_tokens, 1),
+        train_examples=len(data.pairs),
+        examples_seen=steps * examples_per_step,
+        mean_example_tokens=round(data.mean_tokens, 1),
         prompt_version=cfg.prompt_version,
-        world_size=world,
+        world_size=run.world,
         examples_per_step=examples_per_step,
-        train_tokens=int(trainer.state.num_input_tokens_seen or 0)
-        - int(getattr(dev_cb, "tokens_at_start", None) or 0),  # this invocation only
+        train_tokens=tokens,
+        **({"train_tokens_per_s": tokens / wall} if tokens and wall > 0 else {}),
         mode=mode,
         device=device,
         dev=dev_cb.history,
         best_dev_f1=dev_cb.best_f1,
         train_loss=getattr(result, "training_loss", None),
+        warnings=warnings,
     )
-    if summary["train_tokens"] and wall > 0:
-        summary["train_tokens_per_s"] = summary["train_tokens"] / wall
-    if device == "cuda":
-        summary["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        import resource
-
-        summary["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    warnings = dev_cb.warnings()
-    summary["warnings"] = warnings
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for w in warnings:
         log.warning("%s", w)
-    log.info("adapter written to %s (%d steps, %.0f s)", final, trainer.state.global_step, wall)
+    log.info("adapter written to %s (%d steps, %.0f s)", final, steps, wall)
     return final

@@ -17,7 +17,7 @@ CFG = str(ROOT / "eval/configs/default.yaml")
 def _matcher(schema):
     import xgrammar as xgr
 
-    from medner.hfgen import _grammar_compiler, compile_answer_grammar
+    from medner.inference.hf_generate import _grammar_compiler, compile_answer_grammar
     from medner.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
@@ -54,7 +54,7 @@ def test_transformers_constraint_accepts_the_training_format_only(registry):
 
 
 def test_engine_settings_use_the_answer_separators():
-    from medner.engine import STRUCTURED_OUTPUTS
+    from medner.inference.vllm_engine import STRUCTURED_OUTPUTS
     from medner.prompts.schema import ANSWER_SEPARATORS, answer_json
 
     # vLLM's xgrammar backend uses (",", ":") exactly when disable_any_whitespace is set

@@ -28,10 +28,10 @@ def test_each_pass_starts_from_the_same_prefix_cache(tiny_model, tiny_adapter, t
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from medner.data.records import convert
     from medner.data.registry import get_corpus
-    from medner.eval.backends import VLLMBackend
-    from medner.models import resolve_model
+    from medner.inference.models import resolve_model
+    from medner.inference.runrecord import check_adapter
+    from medner.inference.vllm_engine import VLLMBackend
     from medner.prompts.contract import task_for
-    from medner.runrecord import check_adapter
 
     corpus = get_corpus("ncbi-disease")
     model_dir = resolve_model(str(tiny_model))

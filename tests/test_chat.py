@@ -7,9 +7,10 @@ import pytest
 
 from medner.data.records import convert
 from medner.data.registry import get_corpus
+from medner.inference.runrecord import decode_types
 from medner.prompts.instructions import DEFAULT_MIX, load_pool
 from medner.prompts.pairs import record_to_pairs
-from medner.serve.chat import ChatError, answer_content, decode_types, ground, normalise, plan_chat, stream_events, text_message
+from medner.serve.chat import ChatError, answer_content, ground, normalise, plan_chat, stream_events, text_message
 from medner.serve.chat import completion as chat_completion
 from medner.tokenizer import token_counter
 

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medner.data.registry import get_corpus
-from medner.eval.ray_extract import MANIFEST, RayExtractError, run
+from medner.inference.ray_backend import MANIFEST, RayExtractError, run
 from medner.prompts.contract import BudgetError, check_budget, task_for
 from medner.serve.api import Limits, create_app
 from medner.tokenizer import load_tokenizer
@@ -77,7 +77,7 @@ def test_ray_rerun_with_another_setup_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     # a finished first run's manifest, as run() writes it
-    from medner.eval.ray_extract import plan_shards
+    from medner.inference.ray_backend import plan_shards
 
     plan = plan_shards(str(inp), 256)
     plan["setup"] = {

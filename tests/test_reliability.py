@@ -12,8 +12,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_reliability_suite_small(tmp_path):
+    args = ["--clients", "8", "--seconds", "8", "--bad", "200", "--hostile-chars", "200000", "--hostile-seconds", "5"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.reliability", "--clients", "8", "--seconds", "8", "--bad", "200", "--results", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "bench.reliability",
+            *args,
+            "--results",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -31,3 +39,6 @@ def test_reliability_suite_small(tmp_path):
     assert m["records_lost"] == 0 and m["eval_resume_identical"], d["eval_resume"]
     assert m["patient_text_in_logs"] == 0, d["privacy"]
     assert "api.log" in d["privacy"]["logs_checked"] and "serve.log" in d["privacy"]["logs_checked"]
+    assert m["status_500"] == 0 and m["hostile_valid_inputs_tried"] >= 50, d["hostile"]["statuses"]
+    assert m["healthy_after_poison_200"] == m["healthy_after_poison"] > 0, d["hostile"]["statuses"]
+    assert m["resume_mismatch_refused"], d["resume_mismatch"]

@@ -117,7 +117,7 @@ def test_ray_batch_extraction_keeps_every_id_and_completes_a_partial_run(vllm_se
 
 
 def test_a_failed_shard_is_reported_by_the_worker_not_raised(tmp_path):
-    from medner.eval import ray_extract
+    from medner.inference import ray_backend as ray_extract
 
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
@@ -163,7 +163,7 @@ def test_ray_input_errors_name_file_and_line_before_ray_starts(tmp_path):
 
 
 @pytest.mark.slow
-def test_api_spreads_over_replicas_and_skips_a_dead_one(tiny_model, strong_adapter, tmp_path):
+def test_api_spreads_over_replicas_and_skips_a_dead_one(vllm_server, tiny_model, strong_adapter, tmp_path):
     import asyncio
 
     import httpx
@@ -171,26 +171,25 @@ def test_api_spreads_over_replicas_and_skips_a_dead_one(tiny_model, strong_adapt
     from medner import procs
     from medner.serve.api import create_app
 
-    replicas = []
+    # the session's server is one replica; a second one, started here, is the one that dies
+    replicas: list = [(None, vllm_server.rstrip("/"))]
     try:
-        for k in range(2):
-            port = procs.free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "medner.cli",
-                "serve",
-                "--config",
-                str(ROOT / "serve/configs/tiny.yaml"),
-                f"model={tiny_model}",
-                f"adapter={strong_adapter}",
-                f"port={port}",
-                "kv_cache_gib=1",
-            ]
-            proc = procs.start(argv, tmp_path / f"serve-{k}.log")
-            replicas.append((proc, f"http://127.0.0.1:{port}/v1"))
-        for proc, url in replicas:
-            procs.wait_ready(url, proc, 600, log=tmp_path / "serve.log")
+        port = procs.free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "medner.cli",
+            "serve",
+            "--config",
+            str(ROOT / "serve/configs/tiny.yaml"),
+            f"model={tiny_model}",
+            f"adapter={strong_adapter}",
+            f"port={port}",
+            "kv_cache_gib=1",
+        ]
+        proc = procs.start(argv, tmp_path / "serve-1.log")
+        replicas.append((proc, f"http://127.0.0.1:{port}/v1"))
+        procs.wait_ready(replicas[1][1], proc, 600, log=tmp_path / "serve-1.log")
         app = create_app([u for _, u in replicas], "ner")
         texts = [f"Patient {i} with familial adenomatous polyposis." for i in range(16)]
         served_before, served_after = {}, {}
@@ -221,7 +220,7 @@ def test_api_spreads_over_replicas_and_skips_a_dead_one(tiny_model, strong_adapt
             and served_after[replicas[0][1]] >= served_before[replicas[0][1]] + 16
         )
     finally:
-        for proc, _ in replicas:
+        for proc, _ in replicas[1:]:
             procs.stop(proc, 30)
 
 

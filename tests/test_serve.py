@@ -73,7 +73,7 @@ def test_extract_file_jsonl_ids_pass_through_and_chinese(vllm_server, tmp_path):
 
 def test_long_text_is_windowed_and_stitched(vllm_server):
     from medner.data.registry import get_corpus
-    from medner.serve.client import ExtractClient, task_for
+    from medner.inference.server_client import ExtractClient, task_for
 
     text = " ".join(["The patient had asthma."] * 40)
     client = ExtractClient(vllm_server, "ner", window_tokens=32)
@@ -133,7 +133,7 @@ def test_extract_api_endpoint(vllm_server):
 
 
 def test_the_served_folder_tells_clients_the_trained_prompt_version(vllm_server):
-    from medner.serve.client import ExtractClient
+    from medner.inference.server_client import ExtractClient
 
     client = ExtractClient(vllm_server, "ner")
     client.check_server()

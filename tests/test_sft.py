@@ -197,7 +197,7 @@ def test_merge_writes_a_plain_model_equal_to_base_plus_adapter(tiny_run, tiny_mo
 def test_run_record_refuses_other_prompt_version(tiny_run, tmp_path):
     import shutil
 
-    from medner.runrecord import RunRecordError, check_adapter
+    from medner.inference.runrecord import RunRecordError, check_adapter
 
     ad = tmp_path / "adapter"
     shutil.copytree(tiny_run / "adapter", ad)
@@ -215,8 +215,8 @@ def test_run_record_refuses_other_prompt_version(tiny_run, tmp_path):
 def test_a_model_is_queried_with_its_trained_prompt_version(tiny_run, tmp_path):
     import shutil
 
+    from medner.inference.runrecord import RunRecordError, check_adapter, prompt_version_for
     from medner.prompts.render import template_hash
-    from medner.runrecord import RunRecordError, check_adapter, prompt_version_for
 
     ad = tmp_path / "adapter"
     shutil.copytree(tiny_run / "adapter", ad)

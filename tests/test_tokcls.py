@@ -7,7 +7,7 @@ import math
 import pytest
 from conftest import ROOT, run_medner
 
-from medner.tokcls import (
+from medner.inference.token_tagger import (
     IGNORE,
     TokClsError,
     bio_labels,
@@ -277,7 +277,7 @@ def test_generative_adapter_is_refused_as_tokcls(tiny_adapter, tiny_model, tmp_p
 
 @pytest.mark.slow
 def test_tagger_windows_long_text_with_exact_offsets(tokcls_run, tiny_model):
-    from medner.tokcls import TokenTagger
+    from medner.inference.token_tagger import TokenTagger
 
     tagger = TokenTagger.load(tokcls_run / "adapter", tiny_model)
     tagger.window_tokens = 24  # force several overlapping windows
@@ -296,8 +296,8 @@ def test_predict_endpoint_batches_concurrent_requests(tokcls_run, tiny_model):
 
     import httpx
 
+    from medner.inference.token_tagger import TokenTagger
     from medner.serve.api import create_app
-    from medner.tokcls import TokenTagger
 
     tagger = TokenTagger.load(tokcls_run / "adapter", tiny_model, batch_size=16)
     app = create_app("http://127.0.0.1:9/v1", "ner", tagger=tagger)

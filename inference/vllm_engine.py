@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from medner.inference.models import merged_model, on_cpu_build
+from medner.prompts.contract import Plan, Reply
 from medner.prompts.schema import ANSWER_SEPARATORS
 
 # vLLM's xgrammar backend compiles JSON schemas with separators (",", ":") when whitespace is disabled:
@@ -58,7 +63,6 @@ def resolve_merge(merge: str | bool) -> bool:
         return merge
     if merge != "auto":
         raise ValueError(f"merge must be auto, true or false, not {merge!r}")
-    from medner.models import on_cpu_build
 
     return on_cpu_build()
 
@@ -68,8 +72,6 @@ def plan_model(model_dir: Path, adapter: str | None, merge: str | bool) -> tuple
     if not adapter:
         return model_dir, None
     if resolve_merge(merge):
-        from medner.models import merged_model
-
         return merged_model(adapter, model_dir), None
     return model_dir, adapter
 
@@ -81,9 +83,18 @@ def plan_model(model_dir: Path, adapter: str | None, merge: str | bool) -> tuple
 CPU_BLOCK_SIZE = 32
 
 
-def default_block_size() -> int | None:
-    from medner.models import on_cpu_build
+def cpu_env(kv_cache_gib: int) -> dict[str, str]:
+    """The environment vLLM's CPU build runs with (the caller's own settings win): the KV cache size, and the
+    engine's compute threads bound to every CPU this process may use. vLLM's default keeps one core for its
+    scheduler, which on a 2-core machine halves the compute: measured on 64 NCBI-disease records with the
+    shipped adapter, 5.0 -> 8.2 records/s (grounded) and 5.9 -> 9.8 (free) with both cores bound."""
+    if not on_cpu_build():
+        return {}
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cpus)}
 
+
+def default_block_size() -> int | None:
     return CPU_BLOCK_SIZE if on_cpu_build() else None
 
 
@@ -110,8 +121,6 @@ def engine_settings(
 
 
 def server_argv(s: EngineSettings, host: str, port: int) -> list[str]:
-    import sys
-
     argv = [
         sys.executable,
         "-m",
@@ -159,3 +168,72 @@ def offline_kwargs(s: EngineSettings) -> dict:
     if s.lora_path:
         kw.update(enable_lora=True, max_lora_rank=s.max_lora_rank)
     return kw
+
+
+# -- backend vllm: the offline engine ------------------------------------------------------------
+MAX_IN_FLIGHT = 128
+
+
+class VLLMBackend:
+    """vLLM's offline engine with the settings of :mod:`medner.inference.vllm_engine` (the server's, too)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        adapter: str | None,
+        merge,
+        max_model_len: int,
+        batch_size: int = 64,
+        enable_prefix_caching: bool = True,
+        kv_cache_gib: int = 2,
+        block_size: int | None = None,
+    ):
+        for k, v in cpu_env(kv_cache_gib).items():
+            os.environ.setdefault(k, v)
+        # vLLM: heavy, and reads its CPU settings from the environment when imported
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        # up to 128 requests of a chunk in flight at once: on a CPU, decoding is bound by reading the weights, so a
+        # wider batch costs little more per step than a narrow one. A chunk larger than that is scheduled
+        # continuously (a finished request's place goes to the next one), so one long reply does not hold the
+        # others back as it does at a chunk's end
+        s = engine_settings(
+            model_dir,
+            adapter,
+            merge,
+            max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            block_size=block_size,
+            max_num_seqs=min(MAX_IN_FLIGHT, max(32, batch_size)),
+        )
+        self.settings = s
+        self.llm = LLM(**offline_kwargs(s))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.lora = LoRARequest(s.lora_name, 1, s.lora_path) if s.lora_path else None
+        self.max_model_len = max_model_len
+        self.chunk_records = batch_size
+
+    def generate(self, plans: Sequence[Plan], constrained: bool) -> list[Reply]:
+        from vllm import SamplingParams  # vLLM: heavy, imported with the engine
+        from vllm.sampling_params import StructuredOutputsParams
+
+        def constraint(p: Plan):
+            if not constrained:
+                return None
+            return StructuredOutputsParams(grammar=p["grammar"]) if p.get("grammar") else StructuredOutputsParams(json=p["schema"])
+
+        params = [SamplingParams(temperature=0, max_tokens=p["max_tokens"], structured_outputs=constraint(p)) for p in plans]
+        outs = self.llm.chat([p["messages"] for p in plans], params, use_tqdm=False, lora_request=self.lora)
+        return [
+            {
+                "raw": o.outputs[0].text,
+                "finish_reason": o.outputs[0].finish_reason,
+                "output_tokens": len(o.outputs[0].token_ids),
+                "prompt_tokens": len(o.prompt_token_ids or []),
+                "cached_prompt_tokens": o.num_cached_tokens or 0,
+            }
+            for o in outs
+        ]

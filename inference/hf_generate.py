@@ -1,6 +1,6 @@
 """Batched greedy generation with plain transformers, optionally schema-constrained through xgrammar.
 
-Used by eval's ``hf`` backend (:class:`medner.eval.backends.HFBackend`), which the SFT dev evaluation
+Backend ``hf`` (:class:`HFBackend`), which the SFT dev evaluation
 also runs. Grammars are compiled with the answer format's separators
 (:data:`medner.prompts.schema.ANSWER_SEPARATORS`), exactly as vLLM's xgrammar backend compiles them with
 ``disable_any_whitespace``; xgrammar's own default would be ``", "`` and ``": "``, a format the model
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from medner.inference.models import load_causal_lm
+from medner.prompts.contract import MAX_MODEL_LEN, Plan, Reply
 from medner.prompts.schema import ANSWER_SEPARATORS
 
 _COMPILERS: dict = {}
@@ -87,3 +90,42 @@ def generate_batch(
         text = tokenizer.decode(seq[:n], skip_special_tokens=True)
         results.append({"raw": text, "finish_reason": "stop" if stopped else "length", "output_tokens": n})
     return results
+
+
+# -- backend hf ----------------------------------------------------------------------------------
+class HFBackend:
+    """``generate`` over batches of ``batch_size`` plans; works on any loaded causal LM (a peft model too,
+    as in the SFT dev evaluation)."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_model_len: int = MAX_MODEL_LEN):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size = batch_size
+        self.max_model_len = max_model_len
+        self.chunk_records = batch_size
+
+    @classmethod
+    def load(cls, model_dir: Path, adapter: str | None, merge: bool, batch_size: int, max_model_len: int) -> HFBackend:
+        model, tok = load_causal_lm(model_dir, adapter, merge=merge)
+        return cls(model, tok, batch_size, max_model_len)
+
+    def generate(self, plans: Sequence[Plan], constrained: bool) -> list[Reply]:
+        was_training = self.model.training
+        self.model.eval()
+        out: list[Reply] = []
+        try:
+            for i in range(0, len(plans), self.batch_size):
+                part = plans[i : i + self.batch_size]
+                out += generate_batch(
+                    self.model,
+                    self.tokenizer,
+                    [p["messages"] for p in part],
+                    [p["max_tokens"] for p in part],
+                    [p["schema"] for p in part] if constrained else None,
+                    [p.get("grammar") for p in part] if constrained else None,
+                )
+        finally:
+            if was_training:
+                self.model.train()
+        return out

@@ -6,9 +6,9 @@ into shards of ``--shard-records`` lines by one streaming pass on the driver, wh
 through a Ray Data pipeline (``map_batches`` over actors), each actor either
 
 * calling a pool of ``medner serve`` endpoints (``--url``, one or more: a shard goes to one endpoint, and to
-  the next one if that one is down), through :class:`~medner.serve.client.ExtractClient`; or
+  the next one if that one is down), through :class:`~medner.inference.server_client.ExtractClient`; or
 * holding vLLM's engine itself (``--base-model`` [``--adapter``]): eval's
-  :class:`~medner.eval.backends.VLLMBackend` driven by :func:`~medner.eval.backends.predict`, the loop
+  :class:`~medner.inference.vllm_engine.VLLMBackend` driven by :func:`~medner.inference.generation.predict`, the loop
   every eval backend shares.
 
 Either way the prompts, schema, windows, parsing and grounding are medner's own (the contract of
@@ -26,11 +26,21 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from medner.data.ground import simple_token_offsets
+from medner.data.registry import get_corpus
+from medner.data.windows import WINDOW_TOKENS
 from medner.files import open_private
+from medner.inference.generation import predict
+from medner.inference.models import resolve_model
+from medner.inference.runrecord import check_adapter, prompt_version_for
+from medner.inference.server_client import ExtractClient, ServerError, UnknownModel
+from medner.inference.vllm_engine import VLLMBackend
+from medner.prompts.contract import MAX_MODEL_LEN, resolve_grounded, task_for
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +132,6 @@ def read_shard(path: str, shard: dict) -> list[dict]:
 
 def make_task(task_args: dict, prompt_version: str):
     """The task from plain arguments (what travels to the actors): ``{"corpus": NAME} | {"labels", "lang"}``."""
-    from medner.data.registry import get_corpus
-    from medner.prompts.contract import task_for
 
     corpus = get_corpus(task_args["corpus"]) if task_args.get("corpus") else None
     return task_for(corpus, task_args.get("labels"), task_args.get("lang", "en"), prompt_version=prompt_version)
@@ -170,12 +178,10 @@ class ServerShardWorker:
         path: str,
         api_key: str | None = None,
         concurrency: int = 8,
-        window_tokens: int = 256,
+        window_tokens: int = WINDOW_TOKENS,
         grounded: str | None = None,
         raw: bool = False,
     ):
-        from medner.serve.client import ExtractClient
-
         self.clients = [
             ExtractClient(u, model, api_key=api_key, concurrency=concurrency, window_tokens=window_tokens, grounded=grounded) for u in urls
         ]
@@ -184,7 +190,6 @@ class ServerShardWorker:
     def _extract(self, shard: dict, items: list[dict]) -> list[dict]:
         """The shard's own endpoint first, then the others; each tried ``ATTEMPTS`` times (a busy server can
         drop a connection) before it counts as down; an endpoint that does not serve the model is not retried."""
-        from medner.serve.client import ServerError, UnknownModel
 
         last: Exception | None = None
         for k in range(len(self.clients)):
@@ -228,26 +233,19 @@ class EngineShardWorker:
         task_args: dict,
         out_dir: str,
         path: str,
-        window_tokens: int = 256,
+        window_tokens: int = WINDOW_TOKENS,
         grounded: str | None = None,
         batch_size: int = 64,
         raw: bool = False,
     ):
-        from medner.eval.backends import VLLMBackend
-        from medner.models import resolve_model
-        from medner.runrecord import check_adapter, prompt_version_for
-
         model_dir = resolve_model(base_model)
         version = check_adapter(adapter, model_dir)["prompt_version"] if adapter else prompt_version_for(None, None, base_model)
         self.task = make_task(task_args, version)
-        self.backend = VLLMBackend(model_dir, adapter, "auto", 8192, batch_size)
+        self.backend = VLLMBackend(model_dir, adapter, "auto", MAX_MODEL_LEN, batch_size)
         self.out_dir, self.path, self.window_tokens, self.grounded, self.raw = Path(out_dir), path, window_tokens, grounded, raw
         self.warm = False
 
     def __call__(self, batch: dict) -> dict:
-        from medner.data.ground import simple_token_offsets
-        from medner.eval.backends import predict
-
         done = []
         for shard in (json.loads(s) for s in batch["shard"]):
             try:
@@ -281,6 +279,7 @@ class EngineShardWorker:
         return {"done": done}
 
 
+# long: the Ray Data pipeline in order (plan shards, skip finished ones, map the actors, collect failures), one shared setup
 def run(
     path: str,
     out_dir: str,
@@ -294,7 +293,7 @@ def run(
     workers: int | None = None,
     api_key: str | None = None,
     concurrency: int = 8,
-    window_tokens: int = 256,
+    window_tokens: int = WINDOW_TOKENS,
     grounded: str | None = "ordered",
     raw: bool = False,
 ) -> dict:
@@ -418,49 +417,49 @@ def run(
     return summary
 
 
-def cli_extract(a) -> int:
-    """``medner extract --engine ray``: the command-line arguments of ``medner extract`` -> :func:`run`."""
-    import sys
+# -- backend ray (medner eval run backend=ray) -----------------------------------------------------
+class RayBackend:
+    """The records through Ray Data: written as JSONL with their gold tokens into the run folder, extracted
+    shard by shard (a rerun completes the missing shards), read back in order."""
 
-    from medner.prompts.contract import grounded_mode
-    from medner.serve.commands import KEY_ON_COMMAND_LINE, read_key
+    name = "ray"
+    prompt_version = None  # each actor queries with its model's trained version
 
-    if a.api_key:
-        raise ValueError(KEY_ON_COMMAND_LINE)
-    if not a.file or a.file == "-" or a.text is not None:
-        raise ValueError("--engine ray reads --file IN.jsonl (a path or URI), not TEXT or stdin")
-    if not a.out:
-        raise ValueError("--engine ray writes part files into --out DIR")
-    if a.format:
-        raise ValueError("--format is not available with --engine ray; export the part files with `medner extract --format` per file")
-    labels = None
-    if a.labels:
-        labels = json.loads(a.labels) if a.labels.strip().startswith(("{", "[")) else [x for x in a.labels.split(",") if x]
-    task_args = {"labels": labels, "lang": a.lang} if labels else {"corpus": a.corpus}
-    make_task(task_args, "v1")  # a bad corpus or label set fails here, before Ray starts
-    summary = run(
-        a.file,
-        a.out,
-        task_args,
-        urls=a.url,
-        model=a.model or "ner",
-        base_model=a.base_model,
-        adapter=a.adapter,
-        address=a.address,
-        shard_records=a.shard_records,
-        workers=a.workers,
-        api_key=read_key(a.api_key_file),
-        concurrency=a.concurrency,
-        window_tokens=a.window_tokens,
-        grounded=grounded_mode(a.grounded),
-        raw=a.raw,
-    )
-    print(
-        f"{summary['records']} records in {summary['shards']} shard(s) -> {summary['out']}/part-*.jsonl "
-        f"({summary['shards_run']} run, {summary['shards_skipped']} already done)",
-        file=sys.stderr,
-    )
-    if summary["failed"]:
-        print(f"error: {summary['failed']} text(s) did not give a valid answer (see their status)", file=sys.stderr)
-        return 1
-    return 0
+    def __init__(self, cfg, corpus, out: Path) -> None:
+        self.cfg, self.corpus, self.out = cfg, corpus, out
+        self.grounded = resolve_grounded(cfg.grounded, cfg.constrained, cfg.backend)
+
+    def predict(self, records: Sequence[dict], write) -> float:
+        cfg = self.cfg
+        inp, parts = self.out / "ray-input.jsonl", self.out / "ray-parts"
+        content = "".join(
+            json.dumps({"id": r["id"], "text": r["text"], "token_offsets": r["token_offsets"]}, ensure_ascii=False) + "\n" for r in records
+        )
+        manifest = parts / MANIFEST
+        if manifest.is_file() and json.loads(manifest.read_text())["sha256"] != hashlib.sha256(content.encode()).hexdigest():
+            shutil.rmtree(parts)  # shards of an earlier set of records still to do: their results are in predictions.jsonl already
+        inp.write_text(content, encoding="utf-8")
+        urls = [u for u in (cfg.url or "").split(",") if u]
+        t0 = time.perf_counter()
+        run(
+            str(inp),
+            str(parts),
+            {"corpus": self.corpus.name},
+            urls=urls or None,
+            model=cfg.served_model,
+            base_model=None if urls else cfg.model,
+            adapter=None if urls else cfg.adapter,
+            address=cfg.ray_address,
+            shard_records=cfg.ray_shard_records,
+            workers=cfg.ray_workers,
+            api_key=cfg.api_key or os.environ.get("MEDNER_API_KEY"),
+            concurrency=cfg.concurrency,
+            window_tokens=cfg.window_tokens,
+            grounded=self.grounded,
+            raw=True,
+        )
+        wall = time.perf_counter() - t0
+        for part in sorted(parts.glob("part-*.jsonl")):
+            for line in part.read_text(encoding="utf-8").splitlines():
+                write(json.loads(line))
+        return wall

@@ -14,16 +14,37 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
+from tqdm import tqdm
 
 from medner.data.ground import simple_token_offsets
+from medner.data.windows import WINDOW_TOKENS
+from medner.inference.runrecord import decode_types, prompt_version_for, read_record, trained_types
 from medner.prompts.contract import Plan, Reply, Task, assemble_result, check_budget, keep_asked, plan_requests, task_for
-from medner.serve.chat import decode_types, trained_types
+from medner.tokenizer import locked_tokenizer
 
 __all__ = ["ExtractClient", "ServerError", "Task", "UnknownModel", "task_for"]
 
 log = logging.getLogger(__name__)
+
+
+# the context planned for when a server does not report its max_model_len (vLLM does)
+UNKNOWN_CONTEXT = 4096
+
+
+def error_detail(r: httpx.Response) -> str:
+    """The message of an OpenAI-style error body (at most 300 characters), whatever the body holds."""
+    try:
+        body = r.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    err = body.get("error")
+    msg = err.get("message", "") if isinstance(err, dict) else body.get("message", "")
+    return str(msg)[:300]
 
 
 class ServerError(RuntimeError):
@@ -42,7 +63,7 @@ class ExtractClient:
         api_key: str | None = None,
         concurrency: int = 8,
         timeout_s: float = 600.0,
-        window_tokens: int = 256,
+        window_tokens: int = WINDOW_TOKENS,
         max_model_len: int | None = None,
         constrained: bool = True,
         max_tokens_cap: int | None = None,
@@ -58,7 +79,6 @@ class ExtractClient:
         self.constrained = constrained
         self.max_tokens_cap = max_tokens_cap
         self.grounded = grounded  # None | "ordered" | "substring": every mention a span of the input
-        from medner.tokenizer import locked_tokenizer
 
         self._tok = locked_tokenizer()  # planning runs in worker threads
 
@@ -80,22 +100,27 @@ class ExtractClient:
             raise ServerError(f"server at {self.url} refused the API key (401); pass --api-key or set MEDNER_API_KEY")
         if r.status_code != 200:
             raise ServerError(f"server at {self.url} is not ready: GET /models answered {r.status_code}")
-        models = {m["id"]: m for m in r.json().get("data", [])}
+        try:
+            models = {m["id"]: m for m in r.json().get("data", [])}
+        except (ValueError, KeyError, TypeError, AttributeError):  # a server starting or dying mid-answer
+            raise ServerError(f"server at {self.url} answered GET /models without a model list") from None
         if self.model not in models:
             raise UnknownModel(f"server at {self.url} does not serve model {self.model!r} (it serves: {', '.join(models)})")
         self.card = models[self.model]
         if self.max_model_len is None:
             card = models[self.model]
             parent = models.get(card.get("parent") or "", {})  # a LoRA adapter's card leaves it to its base
-            self.max_model_len = card.get("max_model_len") or parent.get("max_model_len") or 4096
+            self.max_model_len = card.get("max_model_len") or parent.get("max_model_len") or UNKNOWN_CONTEXT
         return models
+
+    @property
+    def context(self) -> int:
+        """The served model's context in tokens (known after :meth:`check_server`)."""
+        return self.max_model_len or UNKNOWN_CONTEXT
 
     def served_record(self) -> dict | None:
         """The run record of the served model when its folder is readable here (a merged adapter carries
         one), else None. Call :meth:`check_server` first."""
-        from pathlib import Path
-
-        from medner.runrecord import read_record
 
         root = (getattr(self, "card", None) or {}).get("root")
         try:
@@ -106,7 +131,6 @@ class ExtractClient:
     def task_version(self, requested: str | None, adapter_dir: str | None = None) -> str:
         """The prompt version to query the served model with: the run record's (from ``adapter_dir`` when
         given, else from the served folder), refusing another one asked for; else ``requested`` or v1."""
-        from medner.runrecord import prompt_version_for, read_record
 
         rec = read_record(adapter_dir) if adapter_dir else self.served_record()
         return prompt_version_for(requested, rec, f"served model {self.model!r}" if not adapter_dir else adapter_dir)
@@ -123,9 +147,7 @@ class ExtractClient:
     def plan(self, text: str, offsets, task: Task, grounded: str | None | bool = False) -> list[Plan]:
         """``grounded``: False = the client's own setting; None / a mode = this request's."""
         mode = self.grounded if grounded is False else grounded
-        return plan_requests(
-            text, offsets, task, self.window_tokens, self._tok, self.max_model_len or 4096, self.constrained, self.max_tokens_cap, mode
-        )
+        return plan_requests(text, offsets, task, self.window_tokens, self._tok, self.context, self.constrained, self.max_tokens_cap, mode)
 
     async def complete(self, http: httpx.AsyncClient, plan: Plan, constrained: bool | None = None) -> Reply:
         """One planned request -> its reply (``finish_reason: error`` with the HTTP status on refusal)."""
@@ -147,13 +169,7 @@ class ExtractClient:
         except httpx.HTTPError as e:  # this request's (a read timeout): the server stays in service
             return {"raw": None, "finish_reason": "error", "error": f"{type(e).__name__} from {self.url}", "output_tokens": 0}
         if r.status_code != 200:
-            try:
-                detail = (
-                    r.json().get("error", {}).get("message", "") if isinstance(r.json().get("error"), dict) else r.json().get("message", "")
-                )
-            except ValueError:
-                detail = ""
-            return {"raw": None, "finish_reason": "error", "error": f"HTTP {r.status_code}: {str(detail)[:300]}", "output_tokens": 0}
+            return {"raw": None, "finish_reason": "error", "error": f"HTTP {r.status_code}: {error_detail(r)}", "output_tokens": 0}
         try:
             data = r.json()
             choice = data["choices"][0]
@@ -193,7 +209,7 @@ class ExtractClient:
 
         def plan() -> list[Plan]:  # CPU-bound (tokenizing, windowing, grammars): run off the event loop
             if budget is not None:
-                check_budget(text, task, self.window_tokens, self._tok, self.max_model_len or 4096, budget)
+                check_budget(text, task, self.window_tokens, self._tok, self.context, budget)
             offs = [tuple(o) for o in offsets] if offsets is not None else simple_token_offsets(text, task.lang)
             return self.plan(text, offs, task, mode)
 
@@ -216,7 +232,6 @@ class ExtractClient:
     async def extract_many(self, items: Sequence[dict], task: Task, progress: bool = True, on_result=None) -> list[dict]:
         """Extract from ``[{"text", "id"?, "token_offsets"?}]`` with at most ``concurrency`` texts in
         flight. ``on_result(index, result)`` is called as each finishes (for incremental writing)."""
-        from tqdm import tqdm
 
         sem = asyncio.Semaphore(self.concurrency)
         results: list[dict | None] = [None] * len(items)
@@ -243,3 +258,35 @@ class ExtractClient:
     def extract(self, texts: Sequence[str] | Sequence[dict], task: Task, progress: bool = False) -> list[dict]:
         items = [t if isinstance(t, dict) else {"text": t} for t in texts]
         return asyncio.run(self.extract_many(items, task, progress))
+
+
+# -- backend server ------------------------------------------------------------------------------
+class ServerBackend:
+    """Concurrent chat completions against ``medner serve`` (or any server honouring JSON-schema
+    response formats); at most ``concurrency`` requests in flight."""
+
+    name = "server"
+
+    def __init__(self, client):
+        self.client = client
+        client.check_server()
+        self.tokenizer = client._tok
+        self.max_model_len = client.context
+        self.chunk_records = 4 * client.concurrency  # enough to keep the server's batch full across chunk ends
+
+    def generate(self, plans: Sequence[Plan], constrained: bool) -> list[Reply]:
+        async def run() -> list[Reply]:
+            sem = asyncio.Semaphore(self.client.concurrency)
+            limits = httpx.Limits(max_connections=self.client.concurrency * 2)
+            async with httpx.AsyncClient(timeout=self.client.timeout_s, limits=limits) as http:
+
+                async def one(p: Plan) -> Reply:
+                    async with sem:
+                        t = time.perf_counter()
+                        r = await self.client.complete(http, p, constrained)
+                        r["latency_s"] = time.perf_counter() - t
+                        return r
+
+                return list(await asyncio.gather(*(one(p) for p in plans)))
+
+        return asyncio.run(run())

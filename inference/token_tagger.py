@@ -29,8 +29,16 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from medner.data.bio import tags_to_spans
+from medner.data.ground import simple_token_offsets
+from medner.data.records import record_tags
+from medner.data.windows import WINDOW_TOKENS, make_windows, merge_window_entities
+from medner.inference.models import resolve_model, weights_hash
+from medner.inference.runrecord import read_record
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +86,6 @@ def encode_words(text: str, offsets: Sequence[Sequence[int]], tokenizer, label_s
 
 def sub_token_counter(tokenizer, lang: str):
     """Counts the sub-tokens :func:`encode_words` feeds for a text (the windowing rule's measure)."""
-    from medner.data.ground import simple_token_offsets
 
     def count(t: str) -> int:
         offs = simple_token_offsets(t, lang)
@@ -89,7 +96,6 @@ def sub_token_counter(tokenizer, lang: str):
 
 def training_features(record: dict, tokenizer, label2id: dict[str, int], label_subtoken: str, echo: bool) -> dict:
     """One training example from a (windowed) record: input ids and labels on the tag-carrying sub-tokens."""
-    from medner.data.records import record_tags
 
     ids, where = encode_words(record["text"], record["token_offsets"], tokenizer, label_subtoken)
     tags = record_tags(record)
@@ -156,7 +162,6 @@ def decode_tags(logprobs, labels: Sequence[str], decode: str = "argmax") -> list
 
 def tags_to_entities(text: str, offsets: Sequence[Sequence[int]], tags: Sequence[str]) -> list[dict]:
     """IOB2 tags on words -> ``[{"text", "type", "start", "end"}]`` with character offsets into ``text``."""
-    from medner.data.bio import tags_to_spans
 
     out = []
     for sp in tags_to_spans(list(tags), "iob2"):
@@ -189,7 +194,6 @@ def load_token_classifier(
 
 def read_tokcls_record(adapter_dir: str | Path) -> dict:
     """The run record of a token-classification adapter; refuses a generative one in one line."""
-    from medner.runrecord import read_record
 
     rec = read_record(adapter_dir)
     if rec is None:
@@ -211,7 +215,7 @@ class TokenTagger:
         tokenizer,
         labels: Sequence[str],
         lang: str,
-        window_tokens: int = 256,
+        window_tokens: int = WINDOW_TOKENS,
         batch_size: int = 16,
         label_subtoken: str = "last",
         echo: bool = False,
@@ -244,8 +248,6 @@ class TokenTagger:
         import torch
         from peft import PeftModel
         from transformers import AutoTokenizer
-
-        from medner.models import resolve_model, weights_hash
 
         rec = read_tokcls_record(adapter_dir)
         base_dir = resolve_model(str(base or rec["base_model"]["path"]))
@@ -298,7 +300,6 @@ class TokenTagger:
 
     def tag_records(self, records: Sequence[dict]) -> list[dict]:
         """Records (``{"text", "token_offsets"}``) -> ``{"entities", "windows", "status"}`` each, in order."""
-        from medner.data.windows import make_windows, merge_window_entities
 
         jobs = []  # (record index, window start, window text, window offsets)
         n_windows = [0] * len(records)
@@ -331,6 +332,31 @@ class TokenTagger:
 
     def tag_texts(self, texts: Sequence[str]) -> list[dict]:
         """Raw texts (tokenized by the data stage's rule for the run's language) -> results with offsets."""
-        from medner.data.ground import simple_token_offsets
 
         return self.tag_records([{"text": t, "token_offsets": [list(o) for o in simple_token_offsets(t, self.lang)]} for t in texts])
+
+
+# -- backend tokcls -------------------------------------------------------------------------------
+class TokclsBackend:
+    """A token-classification run as a backend: chunks of records tagged, one result per record."""
+
+    name = "tokcls"
+    prompt_version = None
+
+    def __init__(self, cfg, corpus) -> None:
+        self.tagger = TokenTagger.load(cfg.adapter, cfg.model, corpus.name, batch_size=cfg.batch_size, decode=cfg.tokcls_decode)
+        self.decode = self.tagger.decode
+        self.chunk = max(1, 4 * cfg.batch_size)
+
+    def predict(self, records: Sequence[dict], write) -> float:
+        if records:
+            self.tagger.tag_records(records[:1])  # warm-up, untimed, as every backend gets
+        t0 = time.perf_counter()
+        for start in range(0, len(records), self.chunk):
+            chunk = records[start : start + self.chunk]
+            t = time.perf_counter()
+            results = self.tagger.tag_records(chunk)
+            took = time.perf_counter() - t
+            for rec, res in zip(chunk, results):
+                write({"id": rec["id"], "text": rec["text"], **res, "latency_s": took})
+        return time.perf_counter() - t0

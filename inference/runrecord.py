@@ -10,9 +10,11 @@ model's folder (the ``root`` of its ``/v1/models`` card).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
-from medner.models import RECORD_NAME, weights_hash
+from medner.data.registry import load_registry
+from medner.inference.models import RECORD_NAME, weights_hash
 from medner.prompts.render import PROMPT_VERSION, prompt_versions, template_hash
 from medner.prompts.schema import schema_hash
 
@@ -105,3 +107,28 @@ def shipped_adapter(name_or_dir: str) -> Path:
     if p.is_dir() or not (SHIPPED / name_or_dir).is_dir():
         return p
     return SHIPPED / name_or_dir
+
+
+def decode_types(asked: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The types the grammar admits: the model's trained ones, then any asked type it does not know."""
+    return list(known) + [t for t in asked if t not in known]
+
+
+def trained_types(record: dict | None) -> dict:
+    """The types the served model was trained on (its run record), else every registered corpus's, with a warning."""
+    if record and record.get("corpora"):
+        names: list[str] = []
+        for c in record["corpora"].values():
+            names += [n for n in c.get("labels", []) if n not in names]
+        return {"labels": names, "warnings": []}
+    names = []
+    for c in load_registry().values():
+        names += [n for n in c.label_names if n not in names]
+    return {"labels": names, "warnings": ["the served model has no readable run record: types are every registered corpus's"]}
+
+
+def untrained_warning(asked: Sequence[str], known: Sequence[str]) -> list[str]:
+    new = [n for n in asked if n not in known]
+    if not new:
+        return []
+    return [f"type(s) {', '.join(new)} were never trained: the model answers them zero-shot, with unmeasured quality"]
