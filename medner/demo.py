@@ -24,10 +24,11 @@ import httpx
 
 from medner import procs
 from medner.data.registry import get_corpus
+from medner.inference.runrecord import read_record, trained_types
 from medner.inference.server_client import ExtractClient
 from medner.prompts.contract import task_for
 from medner.pull import pulled_base
-from medner.serve.chat import ground, normalise, plan_chat
+from medner.serve.chat import answer_content, ground, normalise, plan_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,10 @@ def real_demo(base: Path, a: argparse.Namespace) -> int:
     """The shipped adapter on the base: entities, a chat answer, strict F1 on 100 test records per corpus."""
 
     out = Path(a.out) / "real"
+    out.mkdir(parents=True, exist_ok=True)
     limit = a.limit or 100
+    asked = ["Chemical", "Disease"]
+    known = trained_types(read_record(SHIPPED))["labels"]  # decoded as `medner api` does: every trained type, the asked kept
     print(f"medner demo: the shipped adapter {SHIPPED.name} on the base model {base} (real entities, real scores)", flush=True)
     with procs.medner_server(ROOT / "serve/configs/default.yaml", [f"model={base}", f"adapter={SHIPPED}"], log=out / "serve.log") as url:
         client = ExtractClient(url, "ner")
@@ -87,7 +91,7 @@ def real_demo(base: Path, a: argparse.Namespace) -> int:
             res = client.extract([text], task)[0]
             print(f"  [{corpus}] {highlighted(text, res['entities'])}")
         msgs = normalise([{"role": "user", "content": QUESTION}])
-        plan = plan_chat(msgs, ["Chemical", "Disease"], None, 4000)
+        plan = plan_chat(msgs, asked, None, 4000, known)
         body = {
             "model": "ner",
             "messages": msgs,
@@ -96,11 +100,9 @@ def real_demo(base: Path, a: argparse.Namespace) -> int:
             "structured_outputs": {"grammar": plan["grammar"]},
         }
         reply = asyncio.run(_post(httpx, f"{url}/chat/completions", body))
-        content = reply["choices"][0]["message"]["content"]
-        print(f"  chat> {QUESTION}\n  model> {content}")
-        print(
-            f"  grounded: {json.dumps(ground(plan, content, reply['choices'][0]['finish_reason'], ['Chemical', 'Disease'])['entities'], ensure_ascii=False)}"
-        )
+        grounded = ground(plan, reply["choices"][0]["message"]["content"], reply["choices"][0]["finish_reason"], asked)
+        print(f"  chat> {QUESTION}\n  model> {answer_content(reply['choices'][0]['message']['content'], grounded)}")
+        print(f"  grounded: {json.dumps(grounded['entities'], ensure_ascii=False)}")
         scores = []
         for corpus, _ in SENTENCES:
             run = out / f"eval-{corpus}"
