@@ -543,7 +543,7 @@ def _hostile_bodies(max_chars: int) -> list[tuple[str, str, bytes]]:
         return (unit * (n // len(unit) + 1))[:n]
 
     out: list[tuple[str, str, bytes]] = []
-    for n in (10_000, 100_000, max_chars // 2, max_chars):
+    for n in (max_chars // 100, max_chars // 10, max_chars // 2, max_chars):
         out.append((f"zh unpunctuated {n}", X, body({"text": fill(zh, n), "corpus": "cmedqaner"})))
         out.append((f"en unpunctuated {n}", X, body({"text": fill(en, n), "corpus": "ncbi-disease"})))
         out.append((f"a*{n} zh", X, body({"text": "a" * n, "labels": ["X"], "lang": "zh"})))
@@ -562,12 +562,18 @@ def _hostile_bodies(max_chars: int) -> list[tuple[str, str, bytes]]:
         out.append((f"{k} labels of {width}", X, body({"text": "Aspirin-induced asthma. " * 160, "labels": labels, "lang": "en"})))
     zh_labels = {f"类型{i:03d}" + "病" * 245: "描" * 500 for i in range(100)}
     out.append(("100 Chinese labels of 500", X, body({"text": zh * 400, "labels": zh_labels, "lang": "zh"})))
-    out.append(("instruction 100000", X, body({"text": "Aspirin-induced asthma.", "corpus": "ncbi-disease", "instruction": "a" * 100_000})))
     out.append(
-        ("instruction holding the text", X, body({"text": fill(en, 20_000), "corpus": "ncbi-disease", "instruction": "Diseases? {text}"}))
+        (f"instruction {max_chars // 10}", X, body({"text": "Aspirin.", "corpus": "ncbi-disease", "instruction": "a" * (max_chars // 10)}))
     )
-    for n in (10_000, max_chars // 2, max_chars):
-        msgs = [{"role": "user", "content": "Which diseases are mentioned?\n" + fill(zh if n > 10_000 else en, n - 40)}]
+    out.append(
+        (
+            "instruction holding the text",
+            X,
+            body({"text": fill(en, max_chars // 50), "corpus": "ncbi-disease", "instruction": "Diseases? {text}"}),
+        )
+    )
+    for n in (max_chars // 100, max_chars // 2, max_chars):
+        msgs = [{"role": "user", "content": "Which diseases are mentioned?\n" + fill(zh if n > max_chars // 100 else en, n - 40)}]
         out.append((f"chat {n}", C, body({"messages": msgs})))
     out.append(("chat 1000 messages", C, body({"messages": [{"role": "user", "content": "fever and cough"}] * 1000})))
     out.append(("chat text parts 10000", C, body({"messages": [{"role": "user", "content": [{"type": "text", "text": "flu "}] * 10_000}]})))
@@ -576,7 +582,7 @@ def _hostile_bodies(max_chars: int) -> list[tuple[str, str, bytes]]:
         (
             "chat json_object",
             C,
-            body({"messages": [{"role": "user", "content": fill(en, 5_000)}], "response_format": {"type": "json_object"}}),
+            body({"messages": [{"role": "user", "content": fill(en, max_chars // 200)}], "response_format": {"type": "json_object"}}),
         )
     )
     out.append(
@@ -588,7 +594,9 @@ def _hostile_bodies(max_chars: int) -> list[tuple[str, str, bytes]]:
             ),
         )
     )
-    out.append(("chat stream 20000", C, body({"messages": [{"role": "user", "content": fill(en, 20_000)}], "stream": True})))
+    out.append(
+        (f"chat stream {max_chars // 50}", C, body({"messages": [{"role": "user", "content": fill(en, max_chars // 50)}], "stream": True}))
+    )
     fields = [
         ("text", b'{"text": "fever \\ud800 and cough", "corpus": "ncbi-disease"}'),
         ("text end", b'{"text": "fever \\udfff", "corpus": "ncbi-disease"}'),
