@@ -34,6 +34,9 @@ from medner.prompts.schema import answer_json, answer_schema
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
 ROLES = ("system", "user", "assistant")
+# the longest text message, in words, a chat request is grounded in: its grammar is one, over the whole message
+# (measured on the tiny model: 1,700 words took over 30 s to answer; 3,400 words crashed the vLLM engine compiling it)
+MAX_CHAT_TEXT_WORDS = 1024
 
 
 class ChatError(ValueError):
@@ -87,6 +90,12 @@ def plan_chat(messages: list[dict], labels: Sequence[str], max_tokens: int | Non
     k = text_message(messages)
     text = messages[k]["content"]
     offsets = simple_token_offsets(text, language(text))
+    if len(offsets) > MAX_CHAT_TEXT_WORDS:  # one grammar over the whole message: its compile grows past bounds
+        raise ChatError(
+            413,
+            f"messages[{k}] holds {len(offsets):,} words; a chat request is grounded in one grammar over at most "
+            f"{MAX_CHAT_TEXT_WORDS:,} (about 6,000 characters of English): send longer texts to /v1/extract, which windows them",
+        )
     if room < 16:  # before the grammar: its cost grows with the text
         raise ChatError(413, f"the conversation leaves {max(0, room)} tokens of the model's context for the answer; send a shorter text")
     grammar = grounded_grammar(text, offsets, labels, "ordered")

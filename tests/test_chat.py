@@ -113,3 +113,10 @@ def test_an_extract_subset_keeps_the_asked_types_of_a_wider_decoding():
     assert "Disease" not in task.messages("Aspirin caused asthma.")[0]["content"]  # the prompt asks for the subset only
     res = keep_asked({"entities": [{"text": "aspirin", "type": "Chemical"}, {"text": "asthma", "type": "Disease"}]}, task)
     assert res["entities"] == [{"text": "aspirin", "type": "Chemical"}] and res["other_types"] == 1
+
+
+def test_a_chat_text_longer_than_one_grammar_allows_is_refused_with_413():
+    msgs = normalise([{"role": "user", "content": "fever " * 1100}])
+    with pytest.raises(ChatError) as e:
+        plan_chat(msgs, ["Disease"], None, 100_000)
+    assert e.value.status == 413 and "/v1/extract" in str(e.value)
