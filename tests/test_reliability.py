@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_reliability_suite_small(tmp_path):
-    args = ["--clients", "8", "--seconds", "8", "--bad", "200", "--hostile-chars", "20000", "--hostile-seconds", "5"]
+    args = ["--clients", "8", "--seconds", "8", "--bad", "200", "--hostile-chars", "200000", "--hostile-seconds", "5"]
     proc = subprocess.run(
         [
             sys.executable,
