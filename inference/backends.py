@@ -117,7 +117,15 @@ def _make_vllm(cfg: InferenceSettings, corpus: Corpus, out: Path) -> Backend:
     model_dir = resolve_model(cfg.model or "")
     task = resolve_task(cfg, corpus, model_dir)  # before the engine starts: a wrong adapter fails in a second
     gen = VLLMBackend(
-        model_dir, cfg.adapter, cfg.merge, cfg.max_model_len, cfg.batch_size, cfg.enable_prefix_caching, cfg.kv_cache_gib, cfg.block_size
+        model_dir,
+        cfg.adapter,
+        cfg.merge,
+        cfg.max_model_len,
+        cfg.batch_size,
+        cfg.enable_prefix_caching,
+        cfg.kv_cache_gib,
+        cfg.block_size,
+        cfg.enforce_eager,
     )
     return _generative(cfg, gen, task)
 

@@ -166,8 +166,31 @@ def _shard_failed(shard: dict, error: Exception) -> str:
     return json.dumps({"index": shard["index"], "records": 0, "failed": 0, "error": f"{type(error).__name__}: {error}"})
 
 
-class ServerShardWorker:
-    """A Ray Data actor that extracts whole shards through a pool of ``medner serve`` endpoints."""
+class ShardWorker:
+    """A Ray Data actor's loop: each shard of a batch extracted by :meth:`rows`, written as one part file and
+    answered with its counts; a shard that fails is answered with its error and the others go on."""
+
+    out_dir: Path
+    raw: bool
+
+    def rows(self, shard: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict) -> dict:
+        done = []
+        for shard in (json.loads(s) for s in batch["shard"]):
+            try:
+                rows = self.rows(shard)
+            except Exception as e:  # noqa: BLE001 - reported with the shard; the other shards go on
+                done.append(_shard_failed(shard, e))
+                continue
+            write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in rows])
+            done.append(json.dumps({"index": shard["index"], "records": len(rows), "failed": sum(r["status"] != "ok" for r in rows)}))
+        return {"done": done}
+
+
+class ServerShardWorker(ShardWorker):
+    """Extracts whole shards through a pool of ``medner serve`` endpoints."""
 
     def __init__(
         self,
@@ -210,21 +233,12 @@ class ServerShardWorker:
                         time.sleep(RETRY_WAIT_S * attempt)
         raise RayExtractError(f"no endpoint answered ({last})")
 
-    def __call__(self, batch: dict) -> dict:
-        done = []
-        for shard in (json.loads(s) for s in batch["shard"]):
-            try:
-                results = self._extract(shard, read_shard(self.path, shard))
-            except Exception as e:  # noqa: BLE001 - reported with the shard; the other shards go on
-                done.append(_shard_failed(shard, e))
-                continue
-            write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in results])
-            done.append(json.dumps({"index": shard["index"], "records": len(results), "failed": sum(r["status"] != "ok" for r in results)}))
-        return {"done": done}
+    def rows(self, shard: dict) -> list[dict]:
+        return self._extract(shard, read_shard(self.path, shard))
 
 
-class EngineShardWorker:
-    """A Ray Data actor holding vLLM's engine (the base model, with the adapter merged on a CPU-only machine)."""
+class EngineShardWorker(ShardWorker):
+    """Holds vLLM's engine (the base model, with the adapter merged on a CPU-only machine)."""
 
     def __init__(
         self,
@@ -245,38 +259,21 @@ class EngineShardWorker:
         self.out_dir, self.path, self.window_tokens, self.grounded, self.raw = Path(out_dir), path, window_tokens, grounded, raw
         self.warm = False
 
-    def __call__(self, batch: dict) -> dict:
-        done = []
-        for shard in (json.loads(s) for s in batch["shard"]):
-            try:
-                items = read_shard(self.path, shard)
-                records = [
-                    {
-                        "id": it["id"],
-                        "text": it["text"],
-                        "token_offsets": it.get("token_offsets") or simple_token_offsets(it["text"], self.task.lang),
-                    }
-                    for it in items
-                ]
-                rows: list[dict] = []
-                predict(
-                    self.backend,
-                    records,
-                    self.task,
-                    rows.append,
-                    self.window_tokens,
-                    True,
-                    None,
-                    warm_up=not self.warm,
-                    grounded=self.grounded,
-                )
-                self.warm = True
-            except Exception as e:  # noqa: BLE001 - reported with the shard; the other shards go on
-                done.append(_shard_failed(shard, e))
-                continue
-            write_part(self.out_dir, shard["index"], [shown(r, self.raw) for r in rows])
-            done.append(json.dumps({"index": shard["index"], "records": len(rows), "failed": sum(r["status"] != "ok" for r in rows)}))
-        return {"done": done}
+    def rows(self, shard: dict) -> list[dict]:
+        records = [
+            {
+                "id": it["id"],
+                "text": it["text"],
+                "token_offsets": it.get("token_offsets") or simple_token_offsets(it["text"], self.task.lang),
+            }
+            for it in read_shard(self.path, shard)
+        ]
+        rows: list[dict] = []
+        predict(
+            self.backend, records, self.task, rows.append, self.window_tokens, True, None, warm_up=not self.warm, grounded=self.grounded
+        )
+        self.warm = True
+        return rows
 
 
 # long: the Ray Data pipeline in order (plan shards, skip finished ones, map the actors, collect failures), one shared setup

@@ -50,6 +50,8 @@ class InferenceSettings:
     enable_prefix_caching: bool = True
     # vllm backend: KV-cache block size in tokens (null = 32 on a CPU-only machine, vLLM's default on CUDA)
     block_size: int | None = None
+    # vllm backend: skip torch.compile (the tiny test model starts ~30 s sooner on a CPU; real models keep it)
+    enforce_eager: bool = False
     # ray backend: an existing Ray cluster (null = start a local one), records per shard, actors
     ray_address: str | None = None
     ray_shard_records: int = 256

@@ -58,6 +58,8 @@ class ServeSettings:
     # whole cached blocks; vLLM's CPU default of 128 never reuses it), vLLM's default on CUDA
     block_size: int | None = None
     max_num_seqs: int = 32
+    # skip torch.compile: the tiny test model starts ~30 s sooner on a CPU (real models keep the default)
+    enforce_eager: bool = False
     # prompt templates the adapter must have been trained with (null = whatever its run record says; another
     # version is refused, since clients query the model with the trained one)
     prompt_version: str | None = None
@@ -141,6 +143,7 @@ def engine_for(cfg: ServeSettings, model_dir: Path):
         max_num_seqs=cfg.max_num_seqs,
         enable_prefix_caching=cfg.enable_prefix_caching,
         block_size=cfg.block_size,
+        enforce_eager=cfg.enforce_eager,
     )
 
 

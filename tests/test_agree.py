@@ -72,10 +72,12 @@ def _raw(out):
 def test_hf_vllm_and_server_give_the_same_replies(tiny_model, agree_adapter, tmp_path):
     from medner.procs import medner_server
 
+    # replies capped at 128 tokens: the random model would write the schema's bound, and what the checks below
+    # look at (the opening, the first 48 characters, whole replies of one engine against another) is all there
     runs = {
         "hf": ["backend=hf", f"model={tiny_model}", f"adapter={agree_adapter}"],
-        "vllm": ["backend=vllm", f"model={tiny_model}", f"adapter={agree_adapter}", "kv_cache_gib=1"],
-        "base": ["backend=vllm", f"model={tiny_model}", "kv_cache_gib=1"],
+        "base": ["backend=hf", f"model={tiny_model}"],
+        "vllm": ["backend=vllm", f"model={tiny_model}", f"adapter={agree_adapter}", "kv_cache_gib=1", "enforce_eager=true"],
     }
     raw = {}
 
@@ -89,6 +91,7 @@ def test_hf_vllm_and_server_give_the_same_replies(tiny_model, agree_adapter, tmp
             "split=test",
             "limit=16",
             "bootstrap=0",
+            "max_tokens=128",
             *args,
             f"out={tmp_path / name}",
             check=True,
@@ -104,8 +107,8 @@ def test_hf_vllm_and_server_give_the_same_replies(tiny_model, agree_adapter, tmp
     ids = sorted(raw["base"])
     same = lambda a, b: sum(raw[a][i] == raw[b][i] for i in ids)  # noqa: E731
     assert len(ids) == 16
-    # the adapter changes replies, so agreement below is not the agreement of empty answers
-    assert 16 - same("vllm", "base") >= 3, raw
+    # the adapter changes replies (one engine, with and without it), so agreement below is not the agreement of empty answers
+    assert 16 - same("hf", "base") >= 3, raw
 
     # bf16 kernels differ between transformers and vLLM, and a random tiny model has flat logits: near-ties
     # flip somewhere in its long replies, so whole replies are not 16 of 16 equal (the real-model benchmark

@@ -37,7 +37,7 @@ def test_each_pass_starts_from_the_same_prefix_cache(tiny_model, tiny_adapter, t
     model_dir = resolve_model(str(tiny_model))
     task = task_for(corpus, prompt_version=check_adapter(str(tiny_adapter), model_dir, corpus)["prompt_version"])
     records = [r for r in convert(corpus, "test") if len(r["text"]) > 150][:8]  # prompts of several cache blocks each
-    backend = VLLMBackend(model_dir, str(tiny_adapter), "auto", 4096, batch_size=8, kv_cache_gib=1)
+    backend = VLLMBackend(model_dir, str(tiny_adapter), "auto", 4096, batch_size=8, kv_cache_gib=1, enforce_eager=True)
     shares = {}
     for name, mode, reset in (("schema", None, True), ("ordered", "ordered", True), ("ordered-no-reset", "ordered", False)):
         preds, wall = timed_pass(backend, records, task, mode, tmp_path / f"{name}.jsonl", reset_cache=reset)

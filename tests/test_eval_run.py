@@ -72,6 +72,7 @@ def test_eval_offline_vllm_engine(tiny_model, tiny_adapter, tmp_path):
         f"adapter={tiny_adapter}",
         "limit=20",
         "kv_cache_gib=1",
+        "enforce_eager=true",
         f"out={out}",
         check=True,
     )
@@ -172,6 +173,7 @@ def test_sigterm_stops_the_offline_engine_with_the_command(tiny_model, tiny_adap
             "backend=vllm",
             f"model={tiny_model}",
             f"adapter={tiny_adapter}",
+            "enforce_eager=true",
             "split=train",
             f"out={tmp_path}",
         ],
