@@ -58,7 +58,7 @@ demo: $(STAMP)
 	$(BIN)/python -m medner.demo $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra --durations=30 tests
+	$(BIN)/python -m pytest -q -ra --durations=30 -n 2 --dist worksteal tests
 
 # the inner loop: the unit tier (about a minute on 2 cores), no model training, no server
 test-fast: $(STAMP)

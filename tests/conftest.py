@@ -8,6 +8,34 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# vLLM's offline engine in the calling process: the tiny model's engine starts in ~10 s instead of ~35 s (no
+# engine-core and worker processes importing vLLM again). The server is unaffected; the SIGTERM test, which is
+# about those processes, sets it back to 1
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+ALL_CPUS = sorted(os.sched_getaffinity(0))
+
+
+def use_all_cpus() -> None:
+    """``preexec_fn`` for a command that needs every core whatever the worker's share (two training processes)."""
+    os.sched_setaffinity(0, ALL_CPUS)
+
+
+def _pin_xdist_worker() -> None:
+    """Under `pytest -n N` each worker gets its own share of the cores, inherited by every server, engine and
+    trainer it starts: vLLM's CPU engine binds its OpenMP threads to every allowed core, and two engines spinning
+    on the same cores slow each other down several times over."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = ALL_CPUS
+    if not worker or count < 2 or len(cpus) < 2:
+        return
+    mine = set(cpus[int(worker.removeprefix("gw")) % count :: count]) or set(cpus)
+    os.sched_setaffinity(0, mine)
+    os.environ["OMP_NUM_THREADS"] = str(len(mine))
+
+
+_pin_xdist_worker()
 
 
 def run_medner(*args: str, check: bool = False, timeout: int = 900, env: dict | None = None, **kw) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """`medner eval run` end to end on the tiny model: real server, offline engine, transformers, resume."""
 
 import json
+import os
 
 import pytest
 from conftest import ROOT, run_medner
@@ -126,8 +127,6 @@ def test_eval_unreachable_server(tmp_path):
 
 def _children(pid: int) -> set[int]:
     """Every descendant process of ``pid`` (from /proc)."""
-    import os
-
     parent = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -179,6 +178,7 @@ def test_sigterm_stops_the_offline_engine_with_the_command(tiny_model, tiny_adap
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},  # the engine in its own processes, as users run it
     )
     deadline = time.time() + 300
     while time.time() < deadline and not _children(proc.pid):  # the engine core starts in a child process
