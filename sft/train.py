@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,10 @@ class SFTSettings(TrainingSettings):
     dev_constrained: bool = True
     # grounded dev generation, as `medner eval run`'s `grounded`: null = ordered when constrained
     dev_grounded: bool | str | None = None
+    # share of the training pairs from each corpus of a mixture, e.g. {ncbi-disease: 0.4, bc5cdr: 0.3,
+    # cmedqaner: 0.3} (shares sum to 1; with max_train_examples, of that many; a corpus with too few pairs has
+    # them repeated in another seeded order); null = each corpus in proportion to its size
+    corpus_shares: dict[str, float] | None = None
     # keep the adapter when the run has seen each of these many training examples (<output_dir>/curve/step-N),
     # for a learning curve; null = none
     curve_examples: list[int] | None = None
@@ -116,9 +121,40 @@ def build_datasets(cfg: SFTSettings):
                 n_empty += 1
             kept.append(p)
         train = kept
+    if cfg.corpus_shares:
+        train = take_shares(train, cfg.corpus_shares, cfg.max_train_examples or len(train), rng)
     if cfg.max_train_examples:
         train = train[: cfg.max_train_examples]
     return train, dev, manifest
+
+
+def take_shares(pairs: list[dict], shares: dict[str, float], total: int, rng: random.Random) -> list[dict]:
+    """``total`` pairs, ``round(share * total)`` from each corpus, in a seeded order; a corpus's pairs are taken in
+    their shuffled order and repeated when it has fewer (each pass over them in a new order)."""
+    out: list[dict] = []
+    for name, share in shares.items():
+        own = [p for p in pairs if p["corpus"] == name]
+        want, taken = round(share * total), []
+        while own and len(taken) < want:
+            taken.extend(own[: want - len(taken)])
+            own = rng.sample(own, len(own))
+        out.extend(taken)
+    rng.shuffle(out)
+    return out
+
+
+def check_shares(shares: dict[str, float] | None, corpora: list[str]) -> list[str]:
+    """The errors of ``corpus_shares``: every corpus of the mixture named, nothing else, shares summing to 1."""
+    if not shares:
+        return []
+    errors = []
+    if sorted(shares) != sorted(corpora):
+        errors.append(f"corpus_shares must name exactly the corpora {sorted(corpora)}, not {sorted(shares)}")
+    if any(not isinstance(v, int | float) or v < 0 for v in shares.values()):
+        errors.append("corpus_shares: every share must be a number >= 0")
+    elif abs(sum(shares.values()) - 1) > 1e-6:
+        errors.append(f"corpus_shares must sum to 1, not {sum(shares.values()):g}")
+    return errors
 
 
 def check_mix(mix: dict[str, float] | None) -> dict[str, float] | None:
@@ -180,6 +216,7 @@ RESUME_KEYS = (
     "seed",
     "prompt_version",
     "instruction_mix",
+    "corpus_shares",
     "window_tokens",
     "quantization",
     "lora_r",
@@ -261,6 +298,7 @@ def check_settings(cfg: SFTSettings) -> dict[str, Corpus]:
         check_mix(cfg.instruction_mix)
     except ConfigError as e:
         errors.append(str(e))
+    errors += check_shares(cfg.corpus_shares, cfg.corpora)
     if cfg.quantization not in ("nf4", "none"):
         errors.append(f"quantization must be nf4 or none, not {cfg.quantization!r}")
     if errors:
@@ -296,6 +334,8 @@ def prepare_data(cfg: SFTSettings, run: RunFolder, tokenizer) -> TrainingData:
             "prompt_version": cfg.prompt_version,
             "instruction_mix": cfg.instruction_mix,
             "styles": style_counts(pairs),
+            "corpus_shares": cfg.corpus_shares,
+            "pairs_per_corpus": dict(Counter(p["corpus"] for p in pairs)),
             "files": files,
         }
     )
