@@ -134,7 +134,7 @@ def take_shares(pairs: list[dict], shares: dict[str, float], total: int, rng: ra
     out: list[dict] = []
     for name, share in shares.items():
         own = [p for p in pairs if p["corpus"] == name]
-        want, taken = round(share * total), []
+        want, taken = round(share * total), list[dict]()
         while own and len(taken) < want:
             taken.extend(own[: want - len(taken)])
             own = rng.sample(own, len(own))

@@ -16,7 +16,12 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a 2-core machine, one core each (use_all_cpus)
     return subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "-m", "medner.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, preexec_fn=use_all_cpus
+        [str(TORCHRUN), "--nproc_per_node", "2", "-m", "medner.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        preexec_fn=use_all_cpus,
     )
 
 
