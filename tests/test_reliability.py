@@ -14,7 +14,21 @@ pytestmark = pytest.mark.slow
 def test_reliability_suite_small(tiny_model, tiny_adapter, tmp_path):
     # --max-windows 8: long hostile texts are refused with 413 before planning instead of generated in full
     # by the random model (which takes minutes); the full run (bench/results/reliability.json) keeps the default
-    args = ["--clients", "8", "--seconds", "8", "--bad", "200", "--hostile-chars", "200000", "--hostile-seconds", "5", "--max-windows", "8"]
+    args = [
+        "--clients",
+        "8",
+        "--seconds",
+        "8",
+        "--bad",
+        "140",
+        "--eval-records",
+        "24",
+        "--hostile-chars",
+        "200000",
+        "--hostile-seconds",
+        "5",
+    ]
+    args += ["--max-windows", "8"]
     args += ["--model", str(tiny_model), "--adapter", str(tiny_adapter)]
     proc = subprocess.run(
         [
