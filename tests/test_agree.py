@@ -63,6 +63,16 @@ def test_engine_settings_use_the_answer_separators():
     assert answer_json([{"text": "a", "type": "Disease"}]) == '{"entities":[{"text":"a","type":"Disease"}]}'
 
 
+def test_eager_is_one_setting_for_the_server_and_the_offline_engine(tmp_path):
+    """`enforce_eager` reaches both engines the same way, and is off unless asked for (real models compile)."""
+    from medner.inference.vllm_engine import engine_settings, offline_kwargs, server_argv
+
+    default = engine_settings(tmp_path, None, "auto", 4096)
+    eager = engine_settings(tmp_path, None, "auto", 4096, enforce_eager=True)
+    assert "--enforce-eager" not in server_argv(default, "127.0.0.1", 8000) and offline_kwargs(default)["enforce_eager"] is False
+    assert "--enforce-eager" in server_argv(eager, "127.0.0.1", 8000) and offline_kwargs(eager)["enforce_eager"] is True
+
+
 # -- the backends, on real components ---------------------------------------------------------------
 def _raw(out):
     return {json.loads(l)["id"]: json.dumps(json.loads(l)["raw"]) for l in (out / "predictions.jsonl").open()}
