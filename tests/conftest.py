@@ -24,8 +24,8 @@ def use_all_cpus() -> None:
 
 def _pin_xdist_worker() -> None:
     """Under `pytest -n N` each worker gets its own share of the cores, inherited by every server, engine and
-    trainer it starts: vLLM's CPU engine binds its OpenMP threads to every allowed core, and two engines spinning
-    on the same cores slow each other down several times over."""
+    trainer it starts: vLLM's CPU engine binds its OpenMP threads to every allowed core, so two workers' engines
+    would otherwise contend for the same cores."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     cpus = ALL_CPUS
     if not worker or count < 2 or len(cpus) < 2:
