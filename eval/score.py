@@ -18,8 +18,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from seqeval.metrics import classification_report
-from seqeval.scheme import IOB2
 
 from medner.data.bio import char_spans_to_token_spans, spans_to_tags
 from medner.data.ground import ground_mentions
@@ -170,6 +168,10 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
             mention = (text[s:e], t)
             fn_counter[mention] += n
             fn_example.setdefault(mention, (rec["id"], _context(text, s, e)))
+
+    # seqeval imports scikit-learn and scipy (1.1 s): here, not at the top, so that every CLI call does not pay it
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
 
     rep = classification_report(y_true, y_pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
     per_type = {

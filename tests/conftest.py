@@ -1,9 +1,16 @@
+import contextlib
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,29 +67,45 @@ def registry():
     return load_registry()
 
 
+def _shared_dir(tmp_path_factory) -> Path:
+    """The folder every xdist worker of this session sees (the controller's base temp), else the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+# a shared build runs on every core: at the session's start the other worker is usually waiting for it
+ALL_CORES: dict = {"preexec_fn": use_all_cpus, "env": {"OMP_NUM_THREADS": str(len(ALL_CPUS))}}
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` run once per session whatever the number of xdist workers: the first worker to ask
+    builds under a file lock, the others wait for it and reuse the folder (the tiny model and run are each
+    about 25 s of a worker's core)."""
+    shared = _shared_dir(tmp_path_factory)
+    out, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny random Qwen2 model, built once per session by the real command."""
-    out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
-    run_medner("sft", "make-tiny", str(out), check=True)
-    return out
+    return built_once(tmp_path_factory, "tiny-qwen2", lambda out: run_medner("sft", "make-tiny", str(out), check=True, **ALL_CORES))
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_model, tmp_path_factory) -> Path:
     """A tiny SFT run (8 steps of the tiny config), shared by the SFT, serve and eval tests."""
-    out = tmp_path_factory.mktemp("runs") / "sft-tiny"
-    run_medner(
-        "sft",
-        "train",
-        "--config",
-        str(ROOT / "sft/configs/tiny.yaml"),
-        f"model={tiny_model}",
-        f"output_dir={out}",
-        "max_steps=8",
-        check=True,
-    )
-    return out
+
+    def train(out: Path) -> None:
+        cfg = str(ROOT / "sft/configs/tiny.yaml")
+        run_medner("sft", "train", "--config", cfg, f"model={tiny_model}", f"output_dir={out}", "max_steps=8", check=True, **ALL_CORES)
+
+    return built_once(tmp_path_factory, "sft-tiny", train)
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +113,7 @@ def tiny_adapter(tiny_run) -> Path:
     return tiny_run / "adapter"
 
 
-from medner.procs import free_port, medner_server  # noqa: E402, F401  (after the offline environment above; free_port re-exported for the tests)
+from medner.procs import free_port, medner_server, wait_ready  # noqa: E402, F401  (after the offline environment above; free_port re-exported for the tests)
 
 
 def randomize_lora_b(adapter_dir: Path, seed: int = 0, scale: float = 0.5) -> None:
@@ -108,35 +131,93 @@ def randomize_lora_b(adapter_dir: Path, seed: int = 0, scale: float = 0.5) -> No
     save_file(w, p)
 
 
+def _adapter_copy(tiny_adapter: Path, tmp_path_factory, name: str, scale: float) -> Path:
+    def build(out: Path) -> None:
+        shutil.copytree(tiny_adapter, out)
+        randomize_lora_b(out, scale=scale)
+
+    return built_once(tmp_path_factory, f"adapter-{name}", build)
+
+
 @pytest.fixture(scope="session")
 def strong_adapter(tiny_adapter, tmp_path_factory) -> Path:
     """A copy of the tiny adapter with random non-zero lora_B (see randomize_lora_b)."""
-    import shutil
-
-    out = tmp_path_factory.mktemp("adapters") / "strong"
-    shutil.copytree(tiny_adapter, out)
-    randomize_lora_b(out)
-    return out
+    return _adapter_copy(tiny_adapter, tmp_path_factory, "strong", 0.5)
 
 
 @pytest.fixture(scope="session")
 def agree_adapter(tiny_adapter, tmp_path_factory) -> Path:
     """A stronger copy (lora_B scale 1.0): on the tiny model it changes 6 of the first 16 NCBI-disease test
     replies (scale 0.5: 2-3), enough for an agreement test that can fail."""
-    import shutil
+    return _adapter_copy(tiny_adapter, tmp_path_factory, "agree", 1.0)
 
-    out = tmp_path_factory.mktemp("adapters") / "agree"
-    shutil.copytree(tiny_adapter, out)
-    randomize_lora_b(out, scale=1.0)
-    return out
+
+SHARED_SERVERS = "servers.jsonl"
 
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model, strong_adapter, tmp_path_factory):
     """One real vLLM server for all serving and eval tests: the tiny model with the strong adapter,
-    merged and served alone as "ner" (the CPU build's rule)."""
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with medner_server(
-        ROOT / "serve/configs/tiny.yaml", [f"model={tiny_model}", f"adapter={strong_adapter}"], log=log, timeout_s=600
-    ) as url:
-        yield url
+    merged and served alone as "ner" (the CPU build's rule). Under xdist one server serves every worker: the
+    first to ask starts it, on all cores, and the controller stops it when the session ends
+    (pytest_sessionfinish); a second server would cost another 40 s of a worker's core."""
+    overrides = [f"model={tiny_model}", f"adapter={strong_adapter}"]
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        log = tmp_path_factory.mktemp("serve") / "serve.log"
+        with medner_server(ROOT / "serve/configs/tiny.yaml", overrides, log=log, timeout_s=600) as url:
+            yield url
+        return
+    shared = _shared_dir(tmp_path_factory)
+    state = shared / "vllm_server.json"
+    with FileLock(str(shared / "vllm_server.lock")):
+        if not state.exists():
+            port, log = free_port(), shared / "vllm_server.log"
+            argv = [
+                sys.executable,
+                "-m",
+                "medner.cli",
+                "serve",
+                "--config",
+                str(ROOT / "serve/configs/tiny.yaml"),
+                *overrides,
+                f"port={port}",
+            ]
+            with open(log, "a") as out:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=use_all_cpus)
+            with (shared / SHARED_SERVERS).open("a") as fh:
+                fh.write(json.dumps({"pid": proc.pid}) + "\n")
+            url = f"http://127.0.0.1:{port}/v1"
+            wait_ready(url, proc, 600, log=log)
+            state.write_text(json.dumps({"url": url}))
+    yield json.loads(state.read_text())["url"]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, left by a worker that never waited for it, has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_group(pid: int, timeout_s: float = 60) -> None:
+    """SIGTERM to a server started by a worker (its own process group), SIGKILL to the group if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.5)
+    if not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def pytest_sessionfinish(session) -> None:
+    """On the xdist controller (or a run without workers): stop the servers the workers shared."""
+    if hasattr(session.config, "workerinput"):
+        return
+    registry = session.config._tmp_path_factory.getbasetemp() / SHARED_SERVERS
+    if registry.is_file():
+        for line in registry.read_text().splitlines():
+            _stop_group(json.loads(line)["pid"])

@@ -38,6 +38,7 @@ def test_two_processes_train_one_adapter_and_resume(command, config, tiny_model,
         f"output_dir={out}",
         "quantization=none",
         "save_steps=2",
+        "dev_examples=2",  # the dev evaluation runs (on the main process), on a few records: it is not what is tested here
     ]
     proc = _torchrun(*args, "max_steps=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
