@@ -126,6 +126,7 @@ def _make_vllm(cfg: InferenceSettings, corpus: Corpus, out: Path) -> Backend:
         cfg.kv_cache_gib,
         cfg.block_size,
         cfg.enforce_eager,
+        cfg.grammar_fallback,
     )
     return _generative(cfg, gen, task)
 

@@ -52,6 +52,11 @@ class InferenceSettings:
     block_size: int | None = None
     # vllm backend: skip torch.compile (the tiny test model starts ~30 s sooner on a CPU; real models keep it)
     enforce_eager: bool = False
+    # vllm backend, greedy grammar-constrained (grounded) decoding: decode free, check each reply against the
+    # grammar as it grows, and continue under the grammar only from the first token that leaves it. The same
+    # replies as masking every step (greedy picks the same token wherever the grammar allows the model's own
+    # choice), without the mask's cost where the model stays inside (medner.prompts.grammar_prefix)
+    grammar_fallback: bool = True
     # ray backend: an existing Ray cluster (null = start a local one), records per shard, actors
     ray_address: str | None = None
     ray_shard_records: int = 256
