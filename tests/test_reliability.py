@@ -22,7 +22,7 @@ def test_reliability_suite_small(tiny_model, tiny_adapter, tmp_path):
         "--bad",
         "140",
         "--eval-records",
-        "24",
+        "12",
         "--hostile-chars",
         "200000",
         "--hostile-seconds",
