@@ -54,11 +54,18 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float, api_ke
     raise RuntimeError(f"server at {url} not ready after {timeout_s:.0f} s{tail()}")
 
 
-def start(argv: Sequence[str], log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+def serve_argv(config: str | Path, overrides: Sequence[str], port: int) -> list[str]:
+    """The ``medner serve --config CONFIG key=value... port=PORT`` command line, run by this interpreter."""
+    return [sys.executable, "-m", "medner.cli", "serve", "--config", str(config), *overrides, f"port={port}"]
+
+
+def start(argv: Sequence[str], log: Path | None = None, env: dict | None = None, preexec_fn=None) -> subprocess.Popen:
     """Start ``argv`` in its own process group, output to ``log`` (appended) or inherited."""
     out = open(log, "a") if log else None
     try:
-        return subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT if out else None, env=env, start_new_session=True)
+        return subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT if out else None, env=env, start_new_session=True, preexec_fn=preexec_fn
+        )
     finally:
         if out:
             out.close()
@@ -89,8 +96,7 @@ def medner_server(
 ) -> Iterator[str]:
     """A real ``medner serve --config CONFIG key=value...`` for the duration of the block; yields its base URL."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "medner.cli", "serve", "--config", str(config), *overrides, f"port={port}"]
-    proc = start(argv, log, env={**os.environ, **(env or {})})
+    proc = start(serve_argv(config, overrides, port), log, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_ready(url, proc, timeout_s, log=log)

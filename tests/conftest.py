@@ -113,7 +113,7 @@ def tiny_adapter(tiny_run) -> Path:
     return tiny_run / "adapter"
 
 
-from medner.procs import free_port, medner_server, wait_ready  # noqa: E402, F401  (after the offline environment above; free_port re-exported for the tests)
+from medner.procs import free_port, medner_server, serve_argv, start, wait_ready  # noqa: E402, F401  (after the offline environment above; free_port re-exported for the tests)
 
 
 def randomize_lora_b(adapter_dir: Path, seed: int = 0, scale: float = 0.5) -> None:
@@ -172,18 +172,7 @@ def vllm_server(tiny_model, strong_adapter, tmp_path_factory):
     with FileLock(str(shared / "vllm_server.lock")):
         if not state.exists():
             port, log = free_port(), shared / "vllm_server.log"
-            argv = [
-                sys.executable,
-                "-m",
-                "medner.cli",
-                "serve",
-                "--config",
-                str(ROOT / "serve/configs/tiny.yaml"),
-                *overrides,
-                f"port={port}",
-            ]
-            with open(log, "a") as out:
-                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=use_all_cpus)
+            proc = start(serve_argv(ROOT / "serve/configs/tiny.yaml", overrides, port), log, preexec_fn=use_all_cpus)
             with (shared / SHARED_SERVERS).open("a") as fh:
                 fh.write(json.dumps({"pid": proc.pid}) + "\n")
             url = f"http://127.0.0.1:{port}/v1"

@@ -191,18 +191,8 @@ def test_api_spreads_over_replicas_and_skips_a_dead_one(vllm_server, tiny_model,
     replicas: list = [(None, vllm_server.rstrip("/"))]
     try:
         port = procs.free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "medner.cli",
-            "serve",
-            "--config",
-            str(ROOT / "serve/configs/tiny.yaml"),
-            f"model={tiny_model}",
-            f"adapter={strong_adapter}",
-            f"port={port}",
-            "kv_cache_gib=1",
-        ]
+        overrides = [f"model={tiny_model}", f"adapter={strong_adapter}", "kv_cache_gib=1"]
+        argv = procs.serve_argv(ROOT / "serve/configs/tiny.yaml", overrides, port)
         proc = procs.start(argv, tmp_path / "serve-1.log")
         replicas.append((proc, f"http://127.0.0.1:{port}/v1"))
         procs.wait_ready(replicas[1][1], proc, 600, log=tmp_path / "serve-1.log")
