@@ -129,8 +129,9 @@ class Grammar:
     def _rule(self, name: str) -> tuple:
         rule = self._rules.get(name)
         if rule is None:
-            alts, i = _alternatives(_tokens(self._source[name]), 0)
-            if i != len(_tokens(self._source[name])):
+            toks = _tokens(self._source[name])
+            alts, i = _alternatives(toks, 0)
+            if i != len(toks):
                 raise ValueError(f"rule {name}: unbalanced parentheses")
             rule = self._rules[name] = alts
         return rule
