@@ -13,7 +13,10 @@ Variants, each on the same records:
 * ``cross_language`` held-out phrasings in the other language than the text;
 * ``subset``         one type at a time (held-out phrasings): per-type F1 against that type under the full query;
 * ``absent``         only types absent from the record: the share answered ``{"entities":[]}`` (the endpoint's
-                     content, asked types kept), and the share the model itself wrote so.
+                     content, asked types kept), and the share the model itself wrote so;
+* ``untrained``      zero-shot: the canonical prompt with each type under a name the model never saw and no synonym
+                     of it (``UNTRAINED``: "Pathology" for Disease), scored with the names mapped back. What a
+                     user asking for a type outside the run record gets (with a warning).
 Every query is decoded as the endpoint does: the grammar admits every type the model was trained on, the answer
 keeps the asked ones.
 Writes ``bench/results/chat.json`` (metrics per corpus, with ``train_wall_s``/``train_examples`` from the adapter).
@@ -24,9 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -43,7 +49,15 @@ from medner.serve.chat import answer_content, ground, plan_for_model
 from medner.tokenizer import load_tokenizer
 
 EMPTY = '{"entities":[]}'
-VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")
+VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")  # scored as F1 on every record
+ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained")
+# type names no corpus trains, neither as a name nor as a synonym (data/corpora.yaml): zero-shot requests
+UNTRAINED = {
+    "Disease": "Pathology", "Chemical": "Pharmaceutical", "body": "Anatomical site", "crowd": "Cohort",
+    "department": "Ward", "disease": "Pathology", "drug": "Pharmaceutical", "feature": "Trait",
+    "physiology": "Bodily function", "symptom": "Manifestation", "test": "Assay", "time": "Timing",
+    "treatment": "Intervention",
+}  # fmt: skip
 
 
 def query(rec: dict, corpus: Corpus, variant: str, labels: list[Label], i: int, rng: random.Random) -> list[dict]:
@@ -90,20 +104,34 @@ def to_record(rec: dict, res: dict) -> dict:
 
 
 async def run_corpus(
-    url: str, corpus: Corpus, records: list[dict], subset_records: int, concurrency: int, ctx: int, known: list[str]
+    url: str,
+    corpus: Corpus,
+    records: list[dict],
+    subset_records: int,
+    concurrency: int,
+    ctx: int,
+    known: list[str],
+    variants: Sequence[str] = ALL_VARIANTS,
 ) -> dict:
     tok = load_tokenizer()
     rng = random.Random(0)
     names = corpus.label_names
     jobs: list[tuple[str, str, dict, list[dict], list[str]]] = []  # (variant, key, record, messages, labels)
     for i, rec in enumerate(records):
-        for v in VARIANTS:
+        for v in (v for v in VARIANTS if v in variants):
             jobs.append((v, v, rec, query(rec, corpus, v, list(corpus.labels), i, rng), names))
         present = {e["type"] for e in rec["entities"]}
         absent = [lab for lab in corpus.labels if lab.name not in present]
-        if absent:
+        if absent and "absent" in variants:
             jobs.append(("absent", "absent", rec, query(rec, corpus, "heldout_" + corpus.lang, absent, i, rng), [a.name for a in absent]))
-        if i < subset_records:
+        unseen = [
+            dataclasses.replace(lab, name=UNTRAINED[lab.name], display=UNTRAINED[lab.name].lower(), synonyms=()) for lab in corpus.labels
+        ]
+        if "untrained" in variants:
+            jobs.append(
+                ("untrained", "untrained", rec, build_messages(rec["text"], unseen, corpus.lang, "compact-v1"), [u.name for u in unseen])
+            )
+        if i < subset_records and "subset" in variants:
             for lab in corpus.labels:
                 jobs.append(("subset", f"subset:{lab.name}", rec, query(rec, corpus, "heldout_" + corpus.lang, [lab], i, rng), [lab.name]))
     preds: dict[str, dict[str, dict]] = {}
@@ -122,34 +150,32 @@ async def run_corpus(
         await asyncio.gather(*(one(j) for j in jobs))
         wall = time.perf_counter() - t0
     bar.close()
-    f1 = {v: score(records, preds[v], bootstrap=0)["seqeval"]["micro"]["f1"] for v in VARIANTS}
-    full_types = score(
-        records[:subset_records], {k: preds["heldout_" + corpus.lang][k] for k in (r["id"] for r in records[:subset_records])}, bootstrap=0
-    )["seqeval"]["per_type"]
-    drops = {}
-    for lab in names:
-        one_type = score(records[:subset_records], preds.get(f"subset:{lab}", {}), bootstrap=0)["seqeval"]["per_type"]
-        if lab in full_types and full_types[lab].get("support", 0):
-            drops[lab] = round(full_types[lab]["f1"] - one_type.get(lab, {}).get("f1", 0.0), 4)
-    absent = preds.get("absent", {})
-    empty = sum(1 for p in absent.values() if p["status"] == "ok" and not p["entities"] and p.get("content") == EMPTY)
-    empty_raw = sum(1 for p in absent.values() if p["status"] == "ok" and p.get("raw") == EMPTY)
-    return {
-        "test_records": len(records),
-        "f1_canonical": round(f1["canonical"], 4),
-        "f1_heldout_en": round(f1["heldout_en"], 4),
-        "f1_heldout_zh": round(f1["heldout_zh"], 4),
-        "f1_synonyms": round(f1["synonyms"], 4),
-        "f1_cross_language": round(f1["cross_language"], 4),
-        "subset_records": min(subset_records, len(records)),
-        "subset_f1_drop_per_type": drops,
-        "subset_f1_max_drop": max(drops.values()) if drops else None,
-        "absent_type_records": len(absent),
-        "empty_on_absent_types": round(empty / len(absent), 4) if absent else None,
-        "empty_on_absent_types_as_written": round(empty_raw / len(absent), 4) if absent else None,
-        "queries": len(jobs),
-        "wall_s": round(wall, 1),
-    }
+    f1 = {v: round(score(records, preds[v], bootstrap=0)["seqeval"]["micro"]["f1"], 4) for v in VARIANTS if v in preds}
+    out: dict = {"test_records": len(records), **{f"f1_{v}": f for v, f in f1.items()}}
+    if "untrained" in preds:
+        back = {UNTRAINED[n]: n for n in names}
+        renamed = {k: {**p, "entities": [{**e, "type": back[e["type"]]} for e in p["entities"]]} for k, p in preds["untrained"].items()}
+        out["f1_untrained_names"] = round(score(records, renamed, bootstrap=0)["seqeval"]["micro"]["f1"], 4)
+        out["untrained_names"] = {n: UNTRAINED[n] for n in names}
+    if "subset" in variants and "heldout_" + corpus.lang in preds:
+        subset = records[:subset_records]
+        full_types = score(subset, {r["id"]: preds["heldout_" + corpus.lang][r["id"]] for r in subset}, bootstrap=0)["seqeval"]["per_type"]
+        drops = {}
+        for lab in names:
+            one_type = score(subset, preds.get(f"subset:{lab}", {}), bootstrap=0)["seqeval"]["per_type"]
+            if lab in full_types and full_types[lab].get("support", 0):
+                drops[lab] = round(full_types[lab]["f1"] - one_type.get(lab, {}).get("f1", 0.0), 4)
+        out.update(subset_records=len(subset), subset_f1_drop_per_type=drops, subset_f1_max_drop=max(drops.values()) if drops else None)
+    if "absent" in preds:
+        absent = preds["absent"]
+        empty = sum(1 for p in absent.values() if p["status"] == "ok" and not p["entities"] and p.get("content") == EMPTY)
+        empty_raw = sum(1 for p in absent.values() if p["status"] == "ok" and p.get("raw") == EMPTY)
+        out.update(
+            absent_type_records=len(absent),
+            empty_on_absent_types=round(empty / len(absent), 4),
+            empty_on_absent_types_as_written=round(empty_raw / len(absent), 4),
+        )
+    return {**out, "queries": len(jobs), "wall_s": round(wall, 1)}
 
 
 def main() -> int:
@@ -161,8 +187,12 @@ def main() -> int:
     ap.add_argument("--subset-records", type=int, default=50, help="records asked one type at a time")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--name", default="chat")
+    ap.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated, of: " + ", ".join(ALL_VARIANTS))
     ap.add_argument("--url", help="a running `medner serve` of this adapter (default: start one)")
     a = ap.parse_args()
+    variants = a.variants.split(",")
+    if unknown := [v for v in variants if v not in ALL_VARIANTS]:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; of: {', '.join(ALL_VARIANTS)}")
     adapter = Path(a.adapter)
     rec = json.loads((adapter / "medner_run.json").read_text())
     summary = json.loads((adapter / "training_summary.json").read_text()) if (adapter / "training_summary.json").is_file() else {}
@@ -176,11 +206,13 @@ def main() -> int:
         for name in a.corpora.split(","):
             corpus = get_corpus(name)
             records = convert(corpus, "test")[: a.limit]
-            metrics[name] = asyncio.run(run_corpus(url, corpus, records, a.subset_records, a.concurrency, 8192, known))
+            metrics[name] = asyncio.run(run_corpus(url, corpus, records, a.subset_records, a.concurrency, 8192, known, variants))
             print(name, json.dumps(metrics[name]), flush=True)
-    # the full-split figures come from `medner eval run` on the same adapter (see BENCHMARKS.md): kept across reruns
+    # the full-split figures come from `medner eval run` on the same adapter (see BENCHMARKS.md): kept across
+    # reruns of the same weights only, never carried over to another adapter
+    weights = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
     previous = ROOT / "bench" / "results" / f"{a.name}.json"
-    if previous.is_file():
+    if previous.is_file() and json.loads(previous.read_text()).get("adapter_sha256") == weights:
         old = json.loads(previous.read_text()).get("metrics", {})
         for name in metrics:
             for k, v in (old.get(name) or {}).items():
@@ -193,6 +225,7 @@ def main() -> int:
         metrics,
         notes=f"adapter {adapter} (instructions {json.dumps(rec.get('instructions'))}); first {a.limit} test records per corpus; "
         "held-out phrasings are never trained (prompts/templates/chat-v1/instructions.yaml, part heldout)",
+        extra={"adapter_sha256": weights},
     )
     return 0
 

@@ -29,6 +29,9 @@ def rps(run: Path) -> dict:
         "latency_p95_s": t["latency_p95_s"],
         "f1": r["seqeval"]["micro"]["f1"],
         "not_parsed": f["invalid_json"]["count"] + f["schema_violation"]["count"] + f["truncated"]["count"],
+        "output_tokens": t["output_tokens"],
+        # replies cut at max_new_tokens: free decoding's runaway repetitions, which keep a batch going
+        "cut_at_max_tokens": sum(json.loads(l)["finish_reason"] == "length" for l in (run / "predictions.jsonl").open()),
     }
 
 
@@ -51,6 +54,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=64, help="test records")
     ap.add_argument("--hf-batch-sizes", default="8,16,32")
     ap.add_argument("--run-dir", default="runs/bench/speed")
+    ap.add_argument("--name", default="eval-speed", help="result name: bench/results/NAME.json")
     ap.add_argument(
         "--repeats",
         type=int,
@@ -103,6 +107,11 @@ def main() -> int:
         "vllm_offline_vs_hf": res["vllm_offline"]["records_per_s"] / hf,
         "server_vs_hf": res["vllm_server"]["records_per_s"] / hf,
         "constrained_vs_free": res["vllm_offline"]["records_per_s"] / res["vllm_offline_free"]["records_per_s"],
+        # what the ratio compares: the same reply from both on this share of records; the rest differ in length
+        "replies_agree_default_vs_free": agreement(d / "vllm", d / "vllm-free"),
+        "output_tokens_default_vs_free": res["vllm_offline"]["output_tokens"] / max(1, res["vllm_offline_free"]["output_tokens"]),
+        "cut_at_max_tokens_default": res["vllm_offline"]["cut_at_max_tokens"],
+        "cut_at_max_tokens_free": res["vllm_offline_free"]["cut_at_max_tokens"],
         # the default (grammar fallback) against masking every step: the same replies, at what speed
         "replies_agree_fallback_vs_masked": agreement(d / "vllm", d / "vllm-masked"),
         "masked_vs_free": res["vllm_offline_masked"]["records_per_s"] / res["vllm_offline_free"]["records_per_s"],
@@ -116,9 +125,10 @@ def main() -> int:
         "gpu_vllm_vs_hf": "not run: no GPU with vLLM on this machine",
     }
     write_result(
-        "eval-speed",
+        a.name,
         metrics,
-        command=f"python -m bench.eval_speed --model MODEL{' --adapter ADAPTER' if a.adapter else ''} --n {a.n} --repeats {a.repeats}",
+        command=f"python -m bench.eval_speed --model MODEL{' --adapter ADAPTER' if a.adapter else ''} --n {a.n} --repeats {a.repeats}"
+        f" --hf-batch-sizes {a.hf_batch_sizes}" + (f" --name {a.name}" if a.name != "eval-speed" else ""),
         notes=f"model: {a.model_name}{f' + the adapter {a.adapter}' if a.adapter else ''}; first {a.n} {a.corpus} test records, greedy, "
         "the default decoding (grounded, ordered, grammar fallback) unless named 'free' or 'masked' (grammar fallback off); "
         f"the offline engine's default and free runs {a.repeats} times each, alternated, the median run recorded (records_per_s_runs: all); all paths run medner's own eval harness (same prompts, windows, bounds, parsing) "

@@ -52,6 +52,11 @@ def markdown(report: dict, with_text: bool = True) -> str:
         f"Overlapping predictions that BIO cannot hold, resolved by the data stage's rule: {report['overlapping_predictions_resolved']}.",
         "",
     ]
+    if report.get("other_types_left_out"):
+        lines += [
+            f"Mentions of types outside the corpus, written by a model trained on more types and left out: {report['other_types_left_out']}.",
+            "",
+        ]
     lines += ["## Failures", "", "| failure | count |", "|---|---:|"]
     for k, v in report["failures"].items():
         lines.append(f"| {k} | {v['count']} |")

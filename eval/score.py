@@ -223,6 +223,8 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
         "spans": {"exact": exact_prf, "partial": partial_prf},
         "failures": {k: {"count": len(v), "examples": examples(v)} for k, v in fail.items()},
         "overlapping_predictions_resolved": overlaps_resolved,
+        # a model of several corpora decodes with all its types; mentions of types outside the corpus are left out
+        "other_types_left_out": sum(int(p.get("other_types", 0)) for p in preds.values()),
         "false_positives": top(fp_counter, fp_example),
         "false_negatives": top(fn_counter, fn_example),
     }

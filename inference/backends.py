@@ -110,7 +110,8 @@ def _make_server(cfg: InferenceSettings, corpus: Corpus, out: Path) -> Backend:
     )
     gen = ServerBackend(client)  # checks the server: it answers, and serves the model
     model_dir = resolve_model(cfg.model) if cfg.adapter and cfg.model else None
-    return _generative(cfg, gen, resolve_task(cfg, corpus, model_dir, lambda: client.task_version(cfg.prompt_version)))
+    task = resolve_task(cfg, corpus, model_dir, lambda: client.task_version(cfg.prompt_version), client.served_record)
+    return _generative(cfg, gen, task)
 
 
 def _make_vllm(cfg: InferenceSettings, corpus: Corpus, out: Path) -> Backend:

@@ -7,6 +7,7 @@ only in the tokens. :class:`GenerativeBackend` makes a generator a :class:`~medn
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,11 +15,12 @@ from typing import Protocol
 
 from medner.data.registry import Corpus
 from medner.data.windows import WINDOW_TOKENS
-from medner.inference.runrecord import check_adapter, prompt_version_for
+from medner.inference.runrecord import check_adapter, decode_wider, prompt_version_for
 from medner.inference.settings import InferenceSettings
-from medner.prompts.contract import Plan, Reply, Task, assemble_result, plan_requests, task_for
+from medner.prompts.contract import Plan, Reply, Task, assemble_result, keep_asked, plan_requests, task_for
 
 Write = Callable[[dict], None]
+log = logging.getLogger(__name__)
 
 
 class Generator(Protocol):
@@ -32,16 +34,34 @@ class Generator(Protocol):
     def generate(self, plans: Sequence[Plan], constrained: bool) -> list[Reply]: ...
 
 
-def resolve_task(cfg: InferenceSettings, corpus: Corpus, model_dir: Path | None, served_version: Callable[[], str] | None = None) -> Task:
+def resolve_task(
+    cfg: InferenceSettings,
+    corpus: Corpus,
+    model_dir: Path | None,
+    served_version: Callable[[], str] | None = None,
+    served_record: Callable[[], dict | None] | None = None,
+) -> Task:
     """The task, with the prompt version the model was trained with (checked against its run record;
-    ``served_version``: the served model's, when a server answers)."""
+    ``served_version``/``served_record``: the served model's, when a server answers), decoding with every type
+    the model was trained on when it knows more than the corpus's (:func:`decode_wider`)."""
+    record: dict | None = None
     if cfg.adapter:
-        version = check_adapter(cfg.adapter, model_dir, corpus, cfg.prompt_version)["prompt_version"]
+        record = check_adapter(cfg.adapter, model_dir, corpus, cfg.prompt_version)
+        version = record["prompt_version"]
     elif served_version is not None:
         version = served_version()
+        record = served_record() if served_record is not None else None
     else:
         version = prompt_version_for(cfg.prompt_version, None, str(cfg.model))
-    return task_for(corpus, prompt_version=version)
+    task = decode_wider(task_for(corpus, prompt_version=version), record)
+    if task.decode_labels:
+        log.info(
+            "decoding with the model's %d trained types, answers keep %s's %d (mentions of others are left out)",
+            len(task.decode_names),
+            corpus.name,
+            len(task.label_names),
+        )
+    return task
 
 
 def predict(
@@ -91,7 +111,7 @@ def predict(
         for rec, ps in zip(chunk, plans):
             reps = replies[k : k + len(ps)]
             k += len(ps)
-            res = {"id": rec["id"], "text": rec["text"], **assemble_result(rec["text"], ps, reps)}
+            res = keep_asked({"id": rec["id"], "text": rec["text"], **assemble_result(rec["text"], ps, reps)}, task)
             lat = [r["latency_s"] for r in reps if "latency_s" in r]
             res["latency_s"] = max(lat) if lat else (dt if ps else 0.0)
             write(res)

@@ -37,7 +37,7 @@ from medner.data.windows import WINDOW_TOKENS
 from medner.files import open_private
 from medner.inference.generation import predict
 from medner.inference.models import resolve_model
-from medner.inference.runrecord import check_adapter, prompt_version_for
+from medner.inference.runrecord import check_adapter, decode_wider, prompt_version_for
 from medner.inference.server_client import ExtractClient, ServerError, UnknownModel
 from medner.inference.vllm_engine import VLLMBackend
 from medner.prompts.contract import MAX_MODEL_LEN, resolve_grounded, task_for
@@ -220,7 +220,7 @@ class ServerShardWorker(ShardWorker):
             for attempt in range(1, ATTEMPTS + 1):
                 try:
                     client.check_server()
-                    task = make_task(self.task_args, client.task_version(None))
+                    task = client.decode_wider(make_task(self.task_args, client.task_version(None)))
                     return client.extract(items, task)
                 except UnknownModel as e:  # this endpoint serves another model: on to the next one
                     last = e
@@ -253,8 +253,9 @@ class EngineShardWorker(ShardWorker):
         raw: bool = False,
     ):
         model_dir = resolve_model(base_model)
-        version = check_adapter(adapter, model_dir)["prompt_version"] if adapter else prompt_version_for(None, None, base_model)
-        self.task = make_task(task_args, version)
+        record = check_adapter(adapter, model_dir) if adapter else None
+        version = record["prompt_version"] if record else prompt_version_for(None, None, base_model)
+        self.task = decode_wider(make_task(task_args, version), record)
         self.backend = VLLMBackend(model_dir, adapter, "auto", MAX_MODEL_LEN, batch_size)
         self.out_dir, self.path, self.window_tokens, self.grounded, self.raw = Path(out_dir), path, window_tokens, grounded, raw
         self.warm = False

@@ -9,12 +9,14 @@ model's folder (the ``root`` of its ``/v1/models`` card).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from medner.data.registry import load_registry
 from medner.inference.models import RECORD_NAME, weights_hash
+from medner.prompts.contract import Task
 from medner.prompts.render import PROMPT_VERSION, prompt_versions, template_hash
 from medner.prompts.schema import schema_hash
 
@@ -112,6 +114,20 @@ def shipped_adapter(name_or_dir: str) -> Path:
 def decode_types(asked: Sequence[str], known: Sequence[str]) -> list[str]:
     """The types the grammar admits: the model's trained ones, then any asked type it does not know."""
     return list(known) + [t for t in asked if t not in known]
+
+
+def decode_wider(task: Task, record: dict | None) -> Task:
+    """``task`` decoding with every type the model's run record says it was trained on, when those are more than
+    the asked ones (a model of several corpora asked for one corpus's types, or for a subset): a grammar holding
+    only the asked types forces the model's mentions of other types into them, and free decoding would fail
+    the whole reply on them. The result then keeps the asked types (:func:`~medner.prompts.contract.keep_asked`).
+    Unchanged without a record, or when the model knows no other type (a single-corpus adapter)."""
+    if not record or not record.get("corpora"):
+        return task
+    known = trained_types(record)["labels"]
+    if not set(known) - set(task.label_names):
+        return task
+    return dataclasses.replace(task, decode_labels=tuple(decode_types(task.label_names, known)))
 
 
 def trained_types(record: dict | None) -> dict:

@@ -10,7 +10,6 @@ response formats (the vLLM server of ``medner serve``). A reply cut by ``max_tok
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from medner.data.ground import simple_token_offsets
 from medner.data.windows import WINDOW_TOKENS
-from medner.inference.runrecord import decode_types, prompt_version_for, read_record, trained_types
+from medner.inference.runrecord import decode_wider, prompt_version_for, read_record
 from medner.prompts.contract import Plan, Reply, Task, assemble_result, check_budget, keep_asked, plan_requests, task_for
 from medner.tokenizer import locked_tokenizer
 
@@ -135,13 +134,9 @@ class ExtractClient:
         rec = read_record(adapter_dir) if adapter_dir else self.served_record()
         return prompt_version_for(requested, rec, f"served model {self.model!r}" if not adapter_dir else adapter_dir)
 
-    def decode_wider(self, task: Task, asked_subset: bool) -> Task:
-        """``task`` decoding with every type the served model was trained on when a subset was asked (its run
-        record says which); the result then keeps the asked types. Unchanged without a record."""
-        known = trained_types(self.served_record())
-        if not asked_subset or known["warnings"]:
-            return task
-        return dataclasses.replace(task, decode_labels=tuple(decode_types(task.label_names, known["labels"])))
+    def decode_wider(self, task: Task) -> Task:
+        """``task`` decoding with every type the served model was trained on (:func:`decode_wider`)."""
+        return decode_wider(task, self.served_record())
 
     # -- one text ---------------------------------------------------------------------------------
     def plan(self, text: str, offsets, task: Task, grounded: str | None | bool = False) -> list[Plan]:

@@ -349,7 +349,7 @@ def create_app(
                 task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name], instruction=req.instruction)
                 known = trained_types(client.served_record())
                 warnings = untrained_warning(task.label_names, known["labels"])
-                task = client.decode_wider(task, bool(req.labels))
+                task = client.decode_wider(task)
                 async with httpx.AsyncClient(timeout=client.timeout_s) as http:
                     res = await client.extract_one(
                         http,

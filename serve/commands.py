@@ -112,7 +112,7 @@ def _extract_server(a: argparse.Namespace) -> int:
     known = trained_types(client.served_record())
     for w in untrained_warning(task.label_names, known["labels"]) if not known["warnings"] else []:
         print(f"warning: {w}", file=sys.stderr)
-    task = client.decode_wider(task, bool(labels))
+    task = client.decode_wider(task)
     results = client.extract(items, task, progress=len(items) > 1)
     if a.format:
         write_tool_format(results, a.format, a.out)

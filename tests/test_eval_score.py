@@ -115,6 +115,14 @@ def test_partial_matches_and_overlaps_counted():
     assert r["spans"]["exact"]["tp"] == 1 and r["spans"]["partial"]["tp"] == 2
 
 
+def test_mentions_of_other_types_left_out_are_counted_not_scored():
+    # a model of several corpora: its chemical on a disease corpus is left out of the prediction and counted
+    pred = {"r1": {"id": "r1", "entities": [{"text": "flu", "type": "D", "start": 0, "end": 3}], "other_types": 2}}
+    r = score(GOLD, pred, bootstrap=0)
+    assert r["other_types_left_out"] == 2 and r["spans"]["exact"]["fp"] == 0
+    assert score(GOLD, {}, bootstrap=0)["other_types_left_out"] == 0
+
+
 def test_failures_are_counted_and_never_silent():
     gold = GOLD + [rec(f"r{i}", "x", [(0, 1)], []) for i in (2, 3, 4)]
     preds = {
