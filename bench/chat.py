@@ -16,7 +16,8 @@ Variants, each on the same records:
                      content, asked types kept), and the share the model itself wrote so;
 * ``untrained``      zero-shot: the canonical prompt with each type under a name the model never saw and no synonym
                      of it (``UNTRAINED``: "Pathology" for Disease), scored with the names mapped back. What a
-                     user asking for a type outside the run record gets (with a warning).
+                     user asking for a type outside the run record gets (with a warning);
+* ``untrained_asked_only`` the same, decoded with the asked (untrained) names alone instead of every trained type.
 Every query is decoded as the endpoint does: the grammar admits every type the model was trained on, the answer
 keeps the asked ones.
 Writes ``bench/results/chat.json`` (metrics per corpus, with ``train_wall_s``/``train_examples`` from the adapter).
@@ -50,7 +51,7 @@ from medner.tokenizer import load_tokenizer
 
 EMPTY = '{"entities":[]}'
 VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")  # scored as F1 on every record
-ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained")
+ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained", "untrained_asked_only")
 # type names no corpus trains, neither as a name nor as a synonym (data/corpora.yaml): zero-shot requests
 UNTRAINED = {
     "Disease": "Pathology", "Chemical": "Pharmaceutical", "body": "Anatomical site", "crowd": "Cohort",
@@ -127,10 +128,9 @@ async def run_corpus(
         unseen = [
             dataclasses.replace(lab, name=UNTRAINED[lab.name], display=UNTRAINED[lab.name].lower(), synonyms=()) for lab in corpus.labels
         ]
-        if "untrained" in variants:
-            jobs.append(
-                ("untrained", "untrained", rec, build_messages(rec["text"], unseen, corpus.lang, "compact-v1"), [u.name for u in unseen])
-            )
+        for v in ("untrained", "untrained_asked_only"):
+            if v in variants:
+                jobs.append((v, v, rec, build_messages(rec["text"], unseen, corpus.lang, "compact-v1"), [u.name for u in unseen]))
         if i < subset_records and "subset" in variants:
             for lab in corpus.labels:
                 jobs.append(("subset", f"subset:{lab.name}", rec, query(rec, corpus, "heldout_" + corpus.lang, [lab], i, rng), [lab.name]))
@@ -142,7 +142,7 @@ async def run_corpus(
         async def one(job):
             variant, key, rec, messages, labels = job
             async with sem:
-                res = await ask(http, url, messages, labels, known, tok, ctx)
+                res = await ask(http, url, messages, labels, [] if variant == "untrained_asked_only" else known, tok, ctx)
             preds.setdefault(key, {})[rec["id"]] = to_record(rec, res)
             bar.update(1)
 
@@ -152,11 +152,12 @@ async def run_corpus(
     bar.close()
     f1 = {v: round(score(records, preds[v], bootstrap=0)["seqeval"]["micro"]["f1"], 4) for v in VARIANTS if v in preds}
     out: dict = {"test_records": len(records), **{f"f1_{v}": f for v, f in f1.items()}}
-    if "untrained" in preds:
-        back = {UNTRAINED[n]: n for n in names}
-        renamed = {k: {**p, "entities": [{**e, "type": back[e["type"]]} for e in p["entities"]]} for k, p in preds["untrained"].items()}
-        out["f1_untrained_names"] = round(score(records, renamed, bootstrap=0)["seqeval"]["micro"]["f1"], 4)
-        out["untrained_names"] = {n: UNTRAINED[n] for n in names}
+    back = {UNTRAINED[n]: n for n in names}
+    for v, key in (("untrained", "f1_untrained_names"), ("untrained_asked_only", "f1_untrained_names_asked_only")):
+        if v in preds:
+            renamed = {k: {**p, "entities": [{**e, "type": back[e["type"]]} for e in p["entities"]]} for k, p in preds[v].items()}
+            out[key] = round(score(records, renamed, bootstrap=0)["seqeval"]["micro"]["f1"], 4)
+            out["untrained_names"] = {n: UNTRAINED[n] for n in names}
     if "subset" in variants and "heldout_" + corpus.lang in preds:
         subset = records[:subset_records]
         full_types = score(subset, {r["id"]: preds["heldout_" + corpus.lang][r["id"]] for r in subset}, bootstrap=0)["seqeval"]["per_type"]
@@ -223,6 +224,9 @@ def main() -> int:
     write_result(
         a.name,
         metrics,
+        command=f"python -m bench.chat --model BASE --adapter {a.adapter} --limit {a.limit} --subset-records {a.subset_records}"
+        + (f" --variants {a.variants}" if variants != list(ALL_VARIANTS) else "")
+        + (f" --name {a.name}" if a.name != "chat" else ""),
         notes=f"adapter {adapter} (instructions {json.dumps(rec.get('instructions'))}); first {a.limit} test records per corpus; "
         "held-out phrasings are never trained (prompts/templates/chat-v1/instructions.yaml, part heldout)",
         extra={"adapter_sha256": weights},
