@@ -20,7 +20,8 @@ Variants, each on the same records:
 * ``untrained_asked_only`` the same, decoded with the asked (untrained) names alone instead of every trained type.
 Every query is decoded as the endpoint does: the grammar admits every type the model was trained on, the answer
 keeps the asked ones.
-Writes ``bench/results/chat.json`` (metrics per corpus, with ``train_wall_s``/``train_examples`` from the adapter).
+Writes ``bench/results/chat.json`` (metrics per corpus, with ``train_wall_s``/``train_examples`` from the adapter)
+and every query's prediction under ``runs/bench/<name>/<corpus>/<variant>.jsonl``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ async def run_corpus(
     ctx: int,
     known: list[str],
     variants: Sequence[str] = ALL_VARIANTS,
+    save: Path | None = None,
 ) -> dict:
+    """The metrics of one corpus; with ``save``, every query's prediction (raw reply, kept entities) as
+    ``save/<variant key>.jsonl``, to diff the replies of two variants or two models record by record."""
     tok = load_tokenizer()
     rng = random.Random(0)
     names = corpus.label_names
@@ -150,6 +154,13 @@ async def run_corpus(
         await asyncio.gather(*(one(j) for j in jobs))
         wall = time.perf_counter() - t0
     bar.close()
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        for key, by_id in preds.items():
+            with (save / f"{key.replace(':', '-')}.jsonl").open("w", encoding="utf-8") as f:
+                for r in records:
+                    if r["id"] in by_id:
+                        f.write(json.dumps(by_id[r["id"]], ensure_ascii=False) + "\n")
     f1 = {v: round(score(records, preds[v], bootstrap=0)["seqeval"]["micro"]["f1"], 4) for v in VARIANTS if v in preds}
     out: dict = {"test_records": len(records), **{f"f1_{v}": f for v, f in f1.items()}}
     back = {UNTRAINED[n]: n for n in names}
@@ -207,7 +218,9 @@ def main() -> int:
         for name in a.corpora.split(","):
             corpus = get_corpus(name)
             records = convert(corpus, "test")[: a.limit]
-            metrics[name] = asyncio.run(run_corpus(url, corpus, records, a.subset_records, a.concurrency, 8192, known, variants))
+            metrics[name] = asyncio.run(
+                run_corpus(url, corpus, records, a.subset_records, a.concurrency, 8192, known, variants, save=log.parent / a.name / name)
+            )
             print(name, json.dumps(metrics[name]), flush=True)
     # the full-split figures come from `medner eval run` on the same adapter (see BENCHMARKS.md): kept across
     # reruns of the same weights only, never carried over to another adapter
