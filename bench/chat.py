@@ -16,8 +16,8 @@ Variants, each on the same records:
                      content, asked types kept), and the share the model itself wrote so;
 * ``untrained``      zero-shot: the canonical prompt with each type under a name the model never saw and no synonym
                      of it (``UNTRAINED``: "Pathology" for Disease), scored with the names mapped back. What a
-                     user asking for a type outside the run record gets (with a warning);
-* ``untrained_asked_only`` the same, decoded with the asked (untrained) names alone instead of every trained type.
+                     user asking for a type outside the run record gets (with a warning): decoded with the asked
+                     names alone (``decode_types``).
 Every query is decoded as the endpoint does: the grammar admits every type the model was trained on, the answer
 keeps the asked ones.
 Writes ``bench/results/chat.json`` (metrics per corpus, with ``train_wall_s``/``train_examples`` from the adapter)
@@ -52,7 +52,7 @@ from medner.tokenizer import load_tokenizer
 
 EMPTY = '{"entities":[]}'
 VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")  # scored as F1 on every record
-ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained", "untrained_asked_only")
+ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained")
 # type names no corpus trains, neither as a name nor as a synonym (data/corpora.yaml): zero-shot requests
 UNTRAINED = {
     "Disease": "Pathology", "Chemical": "Pharmaceutical", "body": "Anatomical site", "crowd": "Cohort",
@@ -132,9 +132,10 @@ async def run_corpus(
         unseen = [
             dataclasses.replace(lab, name=UNTRAINED[lab.name], display=UNTRAINED[lab.name].lower(), synonyms=()) for lab in corpus.labels
         ]
-        for v in ("untrained", "untrained_asked_only"):
-            if v in variants:
-                jobs.append((v, v, rec, build_messages(rec["text"], unseen, corpus.lang, "compact-v1"), [u.name for u in unseen]))
+        if "untrained" in variants:
+            jobs.append(
+                ("untrained", "untrained", rec, build_messages(rec["text"], unseen, corpus.lang, "compact-v1"), [u.name for u in unseen])
+            )
         if i < subset_records and "subset" in variants:
             for lab in corpus.labels:
                 jobs.append(("subset", f"subset:{lab.name}", rec, query(rec, corpus, "heldout_" + corpus.lang, [lab], i, rng), [lab.name]))
@@ -144,9 +145,9 @@ async def run_corpus(
     async with httpx.AsyncClient(timeout=900) as http:
 
         async def one(job):
-            variant, key, rec, messages, labels = job
+            _, key, rec, messages, labels = job
             async with sem:
-                res = await ask(http, url, messages, labels, [] if variant == "untrained_asked_only" else known, tok, ctx)
+                res = await ask(http, url, messages, labels, known, tok, ctx)
             preds.setdefault(key, {})[rec["id"]] = to_record(rec, res)
             bar.update(1)
 
@@ -163,12 +164,11 @@ async def run_corpus(
                         f.write(json.dumps(by_id[r["id"]], ensure_ascii=False) + "\n")
     f1 = {v: round(score(records, preds[v], bootstrap=0)["seqeval"]["micro"]["f1"], 4) for v in VARIANTS if v in preds}
     out: dict = {"test_records": len(records), **{f"f1_{v}": f for v, f in f1.items()}}
-    back = {UNTRAINED[n]: n for n in names}
-    for v, key in (("untrained", "f1_untrained_names"), ("untrained_asked_only", "f1_untrained_names_asked_only")):
-        if v in preds:
-            renamed = {k: {**p, "entities": [{**e, "type": back[e["type"]]} for e in p["entities"]]} for k, p in preds[v].items()}
-            out[key] = round(score(records, renamed, bootstrap=0)["seqeval"]["micro"]["f1"], 4)
-            out["untrained_names"] = {n: UNTRAINED[n] for n in names}
+    if "untrained" in preds:
+        back = {UNTRAINED[n]: n for n in names}
+        renamed = {k: {**p, "entities": [{**e, "type": back[e["type"]]} for e in p["entities"]]} for k, p in preds["untrained"].items()}
+        out["f1_untrained_names"] = round(score(records, renamed, bootstrap=0)["seqeval"]["micro"]["f1"], 4)
+        out["untrained_names"] = {n: UNTRAINED[n] for n in names}
     if "subset" in variants and "heldout_" + corpus.lang in preds:
         subset = records[:subset_records]
         full_types = score(subset, {r["id"]: preds["heldout_" + corpus.lang][r["id"]] for r in subset}, bootstrap=0)["seqeval"]["per_type"]
@@ -179,13 +179,13 @@ async def run_corpus(
                 drops[lab] = round(full_types[lab]["f1"] - one_type.get(lab, {}).get("f1", 0.0), 4)
         out.update(subset_records=len(subset), subset_f1_drop_per_type=drops, subset_f1_max_drop=max(drops.values()) if drops else None)
     if "absent" in preds:
-        absent = preds["absent"]
-        empty = sum(1 for p in absent.values() if p["status"] == "ok" and not p["entities"] and p.get("content") == EMPTY)
-        empty_raw = sum(1 for p in absent.values() if p["status"] == "ok" and p.get("raw") == EMPTY)
+        answers = preds["absent"]
+        empty = sum(1 for p in answers.values() if p["status"] == "ok" and not p["entities"] and p.get("content") == EMPTY)
+        empty_raw = sum(1 for p in answers.values() if p["status"] == "ok" and p.get("raw") == EMPTY)
         out.update(
-            absent_type_records=len(absent),
-            empty_on_absent_types=round(empty / len(absent), 4),
-            empty_on_absent_types_as_written=round(empty_raw / len(absent), 4),
+            absent_type_records=len(answers),
+            empty_on_absent_types=round(empty / len(answers), 4),
+            empty_on_absent_types_as_written=round(empty_raw / len(answers), 4),
         )
     return {**out, "queries": len(jobs), "wall_s": round(wall, 1)}
 
