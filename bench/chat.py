@@ -1,6 +1,7 @@
 """Chat-style extraction, measured: one served model, the test records of each corpus asked in several ways.
 
     python -m bench.chat --model BASE --adapter ADAPTER [--limit 200] [--corpora ncbi-disease,bc5cdr,cmedqaner]
+        [--full-split] [--variants canonical,...]
 
 Every query goes to a real ``medner serve`` (the adapter merged, vLLM's CPU build) the way ``medner api``'s chat
 endpoint sends it: the conversation as written, decoded under the grounded grammar of its text message
@@ -40,7 +41,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from bench.common import ROOT, server, write_result
+from bench.common import ROOT, medner, report, server, write_result
 from medner.data.records import convert
 from medner.data.registry import Corpus, Label, get_corpus
 from medner.eval.score import score
@@ -190,6 +191,23 @@ async def run_corpus(
     return {**out, "queries": len(jobs), "wall_s": round(wall, 1)}
 
 
+def full_split(url: str, corpus: str, out: Path, log: Path) -> dict:
+    """The canonical prompt on the corpus's whole test split: `medner eval run` through the served model (the
+    default decoding, every trained type, 95% bootstrap interval); resumes an interrupted run."""
+    medner(
+        "eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"corpus={corpus}", "split=test",
+        f"url={url}", "served_model=ner", "concurrency=32", f"out={out}", log=log,
+    )  # fmt: skip
+    r = report(out)
+    f = r["failures"]
+    return {
+        "f1_canonical_full_split": round(r["seqeval"]["micro"]["f1"], 4),
+        "f1_canonical_full_split_ci95": [round(x, 4) for x in r["seqeval"]["micro"]["f1_ci95"] or []],
+        "full_split_records": r["records"],
+        "full_split_unparsed": f["invalid_json"]["count"] + f["schema_violation"]["count"] + f["truncated"]["count"],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="the base model folder (medner pull prints it)")
@@ -199,6 +217,7 @@ def main() -> int:
     ap.add_argument("--subset-records", type=int, default=50, help="records asked one type at a time")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--name", default="chat")
+    ap.add_argument("--full-split", action="store_true", help="also the canonical prompt on each whole test split (medner eval run)")
     ap.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated, of: " + ", ".join(ALL_VARIANTS))
     ap.add_argument("--url", help="a running `medner serve` of this adapter (default: start one)")
     a = ap.parse_args()
@@ -222,8 +241,10 @@ def main() -> int:
                 run_corpus(url, corpus, records, a.subset_records, a.concurrency, 8192, known, variants, save=log.parent / a.name / name)
             )
             print(name, json.dumps(metrics[name]), flush=True)
-    # the full-split figures come from `medner eval run` on the same adapter (see BENCHMARKS.md): kept across
-    # reruns of the same weights only, never carried over to another adapter
+            if a.full_split:
+                metrics[name].update(full_split(url, name, log.parent / a.name / name / "full-split", log))
+    # the full-split figures (--full-split, `medner eval run` through the same server): kept across reruns of
+    # the same weights only, never carried over to another adapter
     weights = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
     previous = ROOT / "bench" / "results" / f"{a.name}.json"
     if previous.is_file() and json.loads(previous.read_text()).get("adapter_sha256") == weights:
@@ -239,6 +260,7 @@ def main() -> int:
         metrics,
         command=f"python -m bench.chat --model BASE --adapter {a.adapter} --limit {a.limit} --subset-records {a.subset_records}"
         + (f" --variants {a.variants}" if variants != list(ALL_VARIANTS) else "")
+        + (" --full-split" if a.full_split else "")
         + (f" --name {a.name}" if a.name != "chat" else ""),
         notes=f"adapter {adapter} (instructions {json.dumps(rec.get('instructions'))}); first {a.limit} test records per corpus; "
         "held-out phrasings are never trained (prompts/templates/chat-v1/instructions.yaml, part heldout)",
