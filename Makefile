@@ -21,7 +21,7 @@ ARGS ?=
 SFT_OVERRIDES := $(foreach v,model output_dir max_steps corpora,$(if $($(v)),$(v)=$($(v))))
 
 # .PHONY: targets that are not files
-.PHONY: install install-browser data sft serve eval demo test test-fast lint bench bench-eval-speed bench-sft-speed bench-accuracy bench-reliability clean
+.PHONY: install install-browser data sft serve eval demo test test-fast lint bench bench-eval-speed bench-chat bench-sft-speed bench-accuracy bench-reliability clean
 
 install: $(STAMP)
 
@@ -86,6 +86,12 @@ bench-sft-speed: $(STAMP)
 
 bench-eval-speed: $(STAMP)
 	$(BIN)/python -m bench.eval_speed $(ARGS)
+
+# the chat model asked every way (held-out phrasings, synonyms, subsets, absent and untrained types) on the first
+# 100 test records of each corpus, and the canonical prompt on the whole test splits, through one `medner serve`
+bench-chat: $(STAMP)
+	@test -n "$(model)" || { echo "usage: make bench-chat model=PATH [ADAPTER=models/chat-qwen2.5-0.5b]"; exit 2; }
+	$(BIN)/python -m bench.chat --model $(model) --adapter $(or $(ADAPTER),models/chat-qwen2.5-0.5b) --limit 100 --subset-records 40 --full-split $(ARGS)
 
 # learning curve on the training split (resumable, <= 3 h of training each), the best adapter on the full test
 # split through the server (plain schema, grounded, free, zero-shot), then one adapter on the mixture of both corpora.
