@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from medner.inference.generation import predict
+from medner.inference.runrecord import decode_wider
 from medner.prompts.contract import MAX_MODEL_LEN, resolve_grounded, task_for
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class DevEvalCallback(TrainerCallback):
         self.out = out
         self.tokenizer = tokenizer
         self.corpora = corpora
+        # the types the run record will list: a mixture's dev records are decoded with all of them, as eval does
+        self.trained = {"corpora": {name: {"labels": c.label_names} for name, c in corpora.items()}}
         self.cfg = cfg
         self.best_dir = out / "best"
         self.best_f1 = None
@@ -99,7 +102,7 @@ class DevEvalCallback(TrainerCallback):
                 fh.write(json.dumps(res, ensure_ascii=False) + "\n")
 
             for name, records in self.records.items():
-                task = task_for(self.corpora[name], prompt_version=self.cfg.prompt_version)
+                task = decode_wider(task_for(self.corpora[name], prompt_version=self.cfg.prompt_version), self.trained)
                 predict(
                     backend,
                     records,
