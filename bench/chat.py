@@ -226,7 +226,9 @@ def main() -> int:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; of: {', '.join(ALL_VARIANTS)}")
     adapter = Path(a.adapter)
     rec = json.loads((adapter / "medner_run.json").read_text())
-    summary = json.loads((adapter / "training_summary.json").read_text()) if (adapter / "training_summary.json").is_file() else {}
+    # a shipped adapter carries training_summary.json; a run folder's adapter has summary.json beside it
+    found = [f for f in (adapter / "training_summary.json", adapter.parent / "summary.json") if f.is_file()]
+    summary = json.loads(found[0].read_text()) if found else {}
     metrics: dict = {}
     log = ROOT / "runs" / "bench" / f"{a.name}-serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -220,7 +220,7 @@ class ServerShardWorker(ShardWorker):
             for attempt in range(1, ATTEMPTS + 1):
                 try:
                     client.check_server()
-                    task = client.decode_wider(make_task(self.task_args, client.task_version(None)))
+                    task = decode_wider(make_task(self.task_args, client.task_version(None)), client.served_record())
                     return client.extract(items, task)
                 except UnknownModel as e:  # this endpoint serves another model: on to the next one
                     last = e

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from medner.data.ground import simple_token_offsets
 from medner.data.windows import WINDOW_TOKENS
-from medner.inference.runrecord import decode_wider, prompt_version_for, read_record
+from medner.inference.runrecord import prompt_version_for, read_record
 from medner.prompts.contract import Plan, Reply, Task, assemble_result, check_budget, keep_asked, plan_requests, task_for
 from medner.tokenizer import locked_tokenizer
 
@@ -133,10 +133,6 @@ class ExtractClient:
 
         rec = read_record(adapter_dir) if adapter_dir else self.served_record()
         return prompt_version_for(requested, rec, f"served model {self.model!r}" if not adapter_dir else adapter_dir)
-
-    def decode_wider(self, task: Task) -> Task:
-        """``task`` decoding with every type the served model was trained on (:func:`decode_wider`)."""
-        return decode_wider(task, self.served_record())
 
     # -- one text ---------------------------------------------------------------------------------
     def plan(self, text: str, offsets, task: Task, grounded: str | None | bool = False) -> list[Plan]:

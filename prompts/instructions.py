@@ -9,6 +9,9 @@ types the query asks for, with the corpus's own type names whatever words the qu
                    instruction, quoted or not), all of the corpus's types, named or in everyday words;
 * ``subset``       a random non-empty subset of the types (free-form or the canonical system line), also
                    subsets whose types do not occur in the window (answer ``{"entities":[]}``);
+* ``single_type``  one type alone, half the time one that occurs in the window: with many types a uniform
+                   subset is rarely one type, and one present; a model trained so answered a one-type
+                   query mostly empty (cMedQANER, BENCHMARKS.md);
 * ``synonyms``     the types in words users write for them (data/corpora.yaml ``synonyms``);
 * ``descriptions`` each type with its one-line description;
 * ``multiturn``    the text and a first answer, then a follow-up turn restricting the types.
@@ -32,7 +35,7 @@ from medner.prompts.render import TEMPLATES, build_messages
 from medner.prompts.schema import answer_json
 
 INSTRUCTION_VERSION = "chat-v1"
-STYLES = ("canonical", "instruction", "subset", "synonyms", "descriptions", "multiturn")
+STYLES = ("canonical", "instruction", "subset", "single_type", "synonyms", "descriptions", "multiturn")
 # the default mix of styles (weights, normalised): a third canonical keeps the recorded prompt's quality
 DEFAULT_MIX = {"canonical": 0.3, "instruction": 0.2, "subset": 0.2, "synonyms": 0.1, "descriptions": 0.05, "multiturn": 0.15}
 # share of free-form requests whose instruction is in the other language than the text (cross-language use)
@@ -134,6 +137,11 @@ def _subset(labels: Sequence[Label], rng: random.Random) -> list[Label]:
     return [lab for i, lab in enumerate(labels) if i in picked]  # the corpus's order, as the canonical line
 
 
+def _single_type(labels: Sequence[Label], entities: Sequence[dict], rng: random.Random) -> list[Label]:
+    present = [lab for lab in labels if any(e["type"] == lab.name for e in entities)]
+    return [rng.choice(present if present and rng.random() < 0.5 else labels)]
+
+
 def chat_pair(
     pair: dict,
     text: str,
@@ -157,8 +165,8 @@ def chat_pair(
     index = rng.randrange(len(pool.phrasings[lang]["train"]))
     form = rng.choice(TYPE_FORMS)
     describe = False
-    if style == "subset":
-        labels = _subset(labels, rng)
+    if style in ("subset", "single_type"):
+        labels = _subset(labels, rng) if style == "subset" else _single_type(labels, entities, rng)
         if rng.random() < 0.5:  # the canonical system line with fewer types: what /v1/extract's `labels` sends
             msgs = build_messages(text, labels, corpus.lang, prompt_version)
             return _pair(pair, style, msgs, _restrict(entities, {lab.name for lab in labels}))

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medner.data.registry import RegistryError, get_corpus, load_registry
 from medner.data.windows import WINDOW_TOKENS
-from medner.inference.runrecord import trained_types, untrained_warning
+from medner.inference.runrecord import decode_wider, trained_types, untrained_warning
 from medner.inference.server_client import ExtractClient, ServerError, UnknownModel, task_for
 from medner.prompts.contract import BudgetError, grounded_mode
 from medner.serve.batching import Batcher
@@ -347,9 +347,9 @@ def create_app(
             try:
                 client = await asyncio.to_thread(client_for, upstream, name)
                 task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name], instruction=req.instruction)
-                known = trained_types(client.served_record())
-                warnings = untrained_warning(task.label_names, known["labels"])
-                task = client.decode_wider(task)
+                record = client.served_record()
+                warnings = untrained_warning(task.label_names, trained_types(record)["labels"])
+                task = decode_wider(task, record)
                 async with httpx.AsyncClient(timeout=client.timeout_s) as http:
                     res = await client.extract_one(
                         http,

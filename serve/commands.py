@@ -13,7 +13,7 @@ from medner.data.formats import write_tool_format
 from medner.data.registry import get_corpus
 from medner.files import open_private
 from medner.inference.ray_backend import make_task, run
-from medner.inference.runrecord import trained_types, untrained_warning
+from medner.inference.runrecord import decode_wider, trained_types, untrained_warning
 from medner.inference.server_client import ExtractClient, task_for
 from medner.inference.token_tagger import TokenTagger
 from medner.prompts.contract import grounded_mode
@@ -109,10 +109,11 @@ def _extract_server(a: argparse.Namespace) -> int:
     # the prompt version the served model was trained with (serve config's adapter, or the served folder's record)
     adapter = defaults.adapter if (defaults.adapter and not a.url and not a.model) else None
     task = task_for(corpus, labels, a.lang, prompt_version=client.task_version(a.prompt_version, adapter), instruction=a.instruction)
-    known = trained_types(client.served_record())
+    record = client.served_record()
+    known = trained_types(record)
     for w in untrained_warning(task.label_names, known["labels"]) if not known["warnings"] else []:
         print(f"warning: {w}", file=sys.stderr)
-    task = client.decode_wider(task)
+    task = decode_wider(task, record)
     results = client.extract(items, task, progress=len(items) > 1)
     if a.format:
         write_tool_format(results, a.format, a.out)

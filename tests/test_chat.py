@@ -50,6 +50,28 @@ def test_chat_pairs_answer_only_the_asked_types_and_never_use_heldout_phrasings(
     assert styles == set(DEFAULT_MIX)
 
 
+def test_single_type_pairs_ask_one_type_and_half_the_time_one_the_window_holds():
+    corpus = get_corpus("cmedqaner")
+    rng = random.Random(0)
+    count = token_counter()
+    asked_present = answered = total = 0
+    for rec in convert(corpus, "train")[:150]:
+        canonical = {p["id"]: p for p in record_to_pairs(rec, corpus, count, 256, "compact-v1")}
+        for p in record_to_pairs(rec, corpus, count, 256, "compact-v1", rng=rng, mix={"single_type": 1.0}):
+            full = json.loads(canonical[p["id"]]["completion"][0]["content"])["entities"]
+            got = json.loads(p["completion"][0]["content"])["entities"]
+            assert p["style"] == "single_type" and len({e["type"] for e in got}) <= 1
+            kind = got[0]["type"] if got else None
+            assert got == [e for e in full if e["type"] == kind] or not got
+            total += 1
+            present = {e["type"] for e in full}
+            asked_present += bool(got)
+            answered += bool(present)
+    # a uniform draw over 11 types would rarely ask for a present one; here about half the windows with
+    # entities get a non-empty answer
+    assert 0.35 * answered <= asked_present <= 0.9 * answered, (asked_present, answered, total)
+
+
 def test_messages_are_checked_and_the_text_message_is_the_longest_user_turn():
     with pytest.raises(ChatError):
         normalise([])
