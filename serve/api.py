@@ -219,6 +219,7 @@ def create_app(
     app.state.upstream_pool = pool
     clients: dict[tuple[str, str], ExtractClient] = {}
     versions: dict[tuple[str, str], str] = {}
+    records: dict[tuple[str, str], dict | None] = {}  # the served model's run record, read once per client
     clients_lock = threading.Lock()
     state = {"in_flight": 0}
     want = f"Bearer {auth_key}".encode() if auth_key else None
@@ -250,6 +251,7 @@ def create_app(
             c = ExtractClient(upstream, name, api_key=api_key, window_tokens=window_tokens, timeout_s=limits.request_timeout_s)
             c.check_server()
             versions[upstream, name] = c.task_version(None)  # the served model's trained prompt version (v1 without a record)
+            records[upstream, name] = c.served_record()
             clients[upstream, name] = c
         return clients[upstream, name]
 
@@ -347,7 +349,7 @@ def create_app(
             try:
                 client = await asyncio.to_thread(client_for, upstream, name)
                 task = task_for(corpus, req.labels, req.lang, prompt_version=versions[upstream, name], instruction=req.instruction)
-                record = client.served_record()
+                record = records[upstream, name]
                 warnings = untrained_warning(task.label_names, trained_types(record)["labels"])
                 task = decode_wider(task, record)
                 async with httpx.AsyncClient(timeout=client.timeout_s) as http:
@@ -414,7 +416,7 @@ def create_app(
         for upstream in await pool.candidates():
             try:
                 client = await asyncio.to_thread(client_for, upstream, model)
-                known = trained_types(client.served_record())
+                known = trained_types(records[upstream, model])
                 labels = list(req.labels) if req.labels else known["labels"]
                 warnings = list(known["warnings"]) + untrained_warning(labels, known["labels"])
                 plan = await asyncio.to_thread(
