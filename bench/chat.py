@@ -255,8 +255,9 @@ def main() -> int:
             for k, v in (old.get(name) or {}).items():
                 if k.startswith(("f1_canonical_full_split", "full_split_")):
                     metrics[name].setdefault(k, v)
-    metrics["train_wall_s"] = summary.get("train_wall_s")
-    metrics["train_examples"] = rec.get("training", {}).get("train_examples")
+    # an adapter that continued another (init_adapter) counts that one's training too
+    metrics["train_wall_s"] = summary.get("train_wall_s_total", summary.get("train_wall_s"))
+    metrics["train_examples"] = summary.get("examples_seen_total", rec.get("training", {}).get("train_examples"))
     write_result(
         a.name,
         metrics,

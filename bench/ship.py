@@ -63,6 +63,8 @@ def ship(adapter: Path, name: str) -> Path:
                 "train_wall_s",
                 "train_examples",
                 "examples_seen",
+                "train_wall_s_total",
+                "examples_seen_total",
                 "mean_example_tokens",
                 "train_loss",
                 "mode",

@@ -8,6 +8,7 @@ on the answer only and the model's own (Qwen2.5) chat template renders them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ from medner.config import ConfigError
 from medner.data.records import convert
 from medner.data.registry import Corpus, RegistryError, get_corpus
 from medner.files import sha256_of
-from medner.inference.runrecord import write_record
+from medner.inference.runrecord import RunRecordError, check_adapter, read_record, shipped_adapter, write_record
 from medner.prompts.contract import resolve_grounded
 from medner.prompts.instructions import INSTRUCTION_VERSION, STYLES, load_pool
 from medner.prompts.pairs import record_to_pairs
@@ -70,6 +71,10 @@ class SFTSettings(TrainingSettings):
     # keep the adapter when the run has seen each of these many training examples (<output_dir>/curve/step-N),
     # for a learning curve; null = none
     curve_examples: list[int] | None = None
+    # start from this adapter's weights (a folder, or the name of one shipped in models/) and keep training it:
+    # its LoRA shape replaces lora_r/lora_alpha/lora_target_modules, its base model and prompt version must be
+    # this run's, and the run record and summary count its training with this run's (train_wall_s_total)
+    init_adapter: str | None = None
 
 
 EMPTY_ANSWER = '{"entities":[]}'
@@ -224,6 +229,7 @@ RESUME_KEYS = (
     "lora_target_modules",
     "batch_size",
     "grad_accum",
+    "init_adapter",
 )
 
 
@@ -256,6 +262,16 @@ def load_model(cfg: SFTSettings, model_dir: Path, device: str):
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     if device == "cpu" and "quantization_config" not in kwargs:
         model = model.to("cpu")
+    if cfg.init_adapter:
+        from peft import PeftModel  # heavy: only a training run needs it
+
+        folder = shipped_adapter(cfg.init_adapter)
+        try:
+            check_adapter(folder, base_model_dir=model_dir)
+        except RunRecordError as e:
+            raise ConfigError(f"init_adapter: {e}") from None
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        mode += f", continuing {folder}"
     log.info("training mode: %s on %s", mode, device)
     return model, mode
 
@@ -301,9 +317,46 @@ def check_settings(cfg: SFTSettings) -> dict[str, Corpus]:
     errors += check_shares(cfg.corpus_shares, cfg.corpora)
     if cfg.quantization not in ("nf4", "none"):
         errors.append(f"quantization must be nf4 or none, not {cfg.quantization!r}")
+    if cfg.init_adapter:
+        errors += check_init_adapter(cfg)
     if errors:
         raise ConfigError("; ".join(errors))
     return corpora
+
+
+def check_init_adapter(cfg: SFTSettings) -> list[str]:
+    """What keeps ``init_adapter`` from being trained further with these settings (the base model is checked once
+    it is resolved, in :func:`load_model`)."""
+    folder = shipped_adapter(cfg.init_adapter or "")
+    if not (folder / "adapter_config.json").is_file():
+        return [f"init_adapter: {folder} holds no adapter_config.json (an adapter folder, or a name in models/)"]
+    try:
+        rec = check_adapter(folder)
+    except RunRecordError as e:
+        return [f"init_adapter: {e}"]
+    errors = []
+    if rec.get("prompt_version") != cfg.prompt_version:
+        errors.append(
+            f"init_adapter: {folder} was trained with prompt version {rec.get('prompt_version')!r}, this run has {cfg.prompt_version!r}"
+        )
+    if missing := [c for c in cfg.corpora if c not in rec.get("corpora", {})]:
+        log.warning("init_adapter %s was not trained on %s: their types are new to it", folder, ", ".join(missing))
+    return errors
+
+
+def prior_training(folder: Path) -> dict:
+    """The training an adapter has had: its own run's and, for one that continued another, that one's too."""
+    found = [f for f in (folder / "training_summary.json", folder.parent / "summary.json") if f.is_file()]
+    summary = json.loads(found[0].read_text()) if found else {}
+    rec = read_record(folder) or {}
+    return {
+        "adapter": str(folder),
+        "adapter_sha256": sha256_of(folder / "adapter_model.safetensors"),
+        "train_wall_s_total": summary.get("train_wall_s_total", summary.get("train_wall_s")),
+        "examples_seen_total": summary.get("examples_seen_total", summary.get("examples_seen")),
+        "instructions": rec.get("instructions"),
+        "continued_from": rec.get("training", {}).get("continued_from"),
+    }
 
 
 @dataclasses.dataclass
@@ -393,7 +446,13 @@ class RecordWriter:
             ),
             "window_tokens": cfg.window_tokens,
             "base_model": base_model_record(cfg.model, self.model_dir),
-            "training": {"mode": self.mode, "device": self.device, "steps": steps, "train_examples": len(self.data.pairs)},
+            "training": {
+                "mode": self.mode,
+                "device": self.device,
+                "steps": steps,
+                "train_examples": len(self.data.pairs),
+                **({"continued_from": prior_training(shipped_adapter(cfg.init_adapter))} if cfg.init_adapter else {}),
+            },
         }
 
     def write(self, folder: Path, steps: int) -> None:
@@ -429,7 +488,15 @@ def make_trainer(cfg: SFTSettings, run: RunFolder, model, tokenizer, ds, data: T
     if cfg.curve_examples:
         callbacks.insert(1, Snapshots(cfg.curve_examples, examples_per_step, run.out, clock, record.write))
     trainer_cls = _length_grouped(SFTTrainer, examples_per_step, cfg.seed) if cfg.group_by_length else SFTTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks)
+    # a model that already carries the init_adapter's LoRA is trained as it is
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        processing_class=tokenizer,
+        peft_config=None if cfg.init_adapter else peft_cfg,
+        callbacks=callbacks,
+    )
     dev_cb.trainer = trainer
     return trainer, clock, dev_cb
 
@@ -481,6 +548,7 @@ def finish(cfg: SFTSettings, run: RunFolder, trainer, result, wall: float, clock
         write_record(dev_cb.best_dir, record.record(steps))
     tokens = int(trainer.state.num_input_tokens_seen or 0) - int(getattr(dev_cb, "tokens_at_start", None) or 0)  # this invocation only
     warnings = dev_cb.warnings()
+    prior = prior_training(shipped_adapter(cfg.init_adapter)) if cfg.init_adapter else {}
     run.write_summary(
         trainer,
         None,
@@ -494,6 +562,9 @@ def finish(cfg: SFTSettings, run: RunFolder, trainer, result, wall: float, clock
         dev_eval_s=dev_cb.seconds,
         train_examples=len(data.pairs),
         examples_seen=steps * examples_per_step,
+        # with init_adapter: its training and this run's together
+        train_wall_s_total=clock.total + (prior.get("train_wall_s_total") or 0),
+        examples_seen_total=steps * examples_per_step + (prior.get("examples_seen_total") or 0),
         mean_example_tokens=round(data.mean_tokens, 1),
         prompt_version=cfg.prompt_version,
         world_size=run.world,

@@ -389,3 +389,60 @@ def test_a_run_of_another_setup_is_not_resumed(tiny_run, tmp_path):
     assert (
         proc.returncode == 1 and len(err) == 1 and "holds checkpoints of another setup (prompt_version: 'compact-v1' -> 'v1')" in err[0]
     ), proc.stderr[-1500:]
+
+
+def test_init_adapter_continues_a_trained_adapter(tiny_run, tiny_model, tmp_path):
+    import hashlib
+
+    init = tiny_run / "adapter"
+    out = tmp_path / "more"
+    # learning rate 0: the result is the init adapter's weights exactly (a fresh LoRA would have lora_B at zero)
+    run_medner(
+        "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={out}",
+        f"init_adapter={init}", "max_steps=2", "learning_rate=0", "lora_r=4", check=True,
+    )  # fmt: skip
+    before, after = load_file(init / "adapter_model.safetensors"), load_file(out / "adapter/adapter_model.safetensors")
+    assert sorted(before) == sorted(after) and all(bool((before[k] == after[k]).all()) for k in before)
+    assert any(float(v.abs().sum()) > 0 for k, v in after.items() if "lora_B" in k)
+    assert json.loads((out / "adapter/adapter_config.json").read_text())["r"] == 8  # the init adapter's shape, not lora_r=4
+    prior = json.loads((tiny_run / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_wall_s_total"] == pytest.approx(prior["train_wall_s"] + summary["train_wall_s"])
+    assert summary["examples_seen_total"] == prior["examples_seen"] + 8
+    cont = json.loads((out / "adapter/medner_run.json").read_text())["training"]["continued_from"]
+    assert cont["adapter_sha256"] == hashlib.sha256((init / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert "continuing" in summary["mode"]
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("init_adapter=no/such/adapter", "init_adapter: no/such/adapter holds no adapter_config.json"),
+        ("prompt_version=v1", "was trained with prompt version 'compact-v1', this run has 'v1'"),
+    ],
+)
+def test_init_adapter_errors_are_one_clear_line(tiny_run, tiny_model, tmp_path, override, fragment):
+    proc = run_medner(
+        "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={tiny_model}", f"output_dir={tmp_path}",
+        f"init_adapter={tiny_run / 'adapter'}", override,
+    )  # fmt: skip
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.returncode == 1 and len(err) == 1 and fragment in err[0], proc.stderr[-1500:]
+
+
+def test_init_adapter_of_another_base_model_is_refused(tiny_run, tiny_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_model, other)
+    for f in other.glob("*.safetensors"):  # the same architecture, other weights
+        w = load_file(f)
+        save_file({k: v * 1.01 for k, v in w.items()}, f, metadata={"format": "pt"})
+    proc = run_medner(
+        "sft", "train", "--config", str(ROOT / "sft/configs/tiny.yaml"), f"model={other}", f"output_dir={tmp_path}/o",
+        f"init_adapter={tiny_run / 'adapter'}",
+    )  # fmt: skip
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.returncode == 1 and len(err) == 1 and "serve it with the base it was trained on" in err[0], proc.stderr[-1500:]
