@@ -49,6 +49,7 @@ from medner.inference.runrecord import trained_types
 from medner.prompts.instructions import load_pool, render_instruction
 from medner.prompts.render import build_messages
 from medner.serve.chat import answer_content, ground, plan_for_model
+from medner.sft.train import prior_training
 from medner.tokenizer import load_tokenizer
 
 EMPTY = '{"entities":[]}'
@@ -226,9 +227,7 @@ def main() -> int:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; of: {', '.join(ALL_VARIANTS)}")
     adapter = Path(a.adapter)
     rec = json.loads((adapter / "medner_run.json").read_text())
-    # a shipped adapter carries training_summary.json; a run folder's adapter has summary.json beside it
-    found = [f for f in (adapter / "training_summary.json", adapter.parent / "summary.json") if f.is_file()]
-    summary = json.loads(found[0].read_text()) if found else {}
+    trained = prior_training(adapter)  # its training, with that of an adapter it continued (init_adapter)
     metrics: dict = {}
     log = ROOT / "runs" / "bench" / f"{a.name}-serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -255,9 +254,8 @@ def main() -> int:
             for k, v in (old.get(name) or {}).items():
                 if k.startswith(("f1_canonical_full_split", "full_split_")):
                     metrics[name].setdefault(k, v)
-    # an adapter that continued another (init_adapter) counts that one's training too
-    metrics["train_wall_s"] = summary.get("train_wall_s_total", summary.get("train_wall_s"))
-    metrics["train_examples"] = summary.get("examples_seen_total", rec.get("training", {}).get("train_examples"))
+    metrics["train_wall_s"] = trained["train_wall_s_total"]
+    metrics["train_examples"] = trained["examples_seen_total"] or rec.get("training", {}).get("train_examples")
     write_result(
         a.name,
         metrics,
