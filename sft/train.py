@@ -286,7 +286,8 @@ def train(cfg: SFTSettings) -> Path:
     data = prepare_data(cfg, run, tokenizer)
     model, mode = load_model(cfg, model_dir, device)
     check_attention(cfg, model)
-    record = RecordWriter(cfg, corpora, data, model_dir, mode, device, tokenizer)
+    prior = prior_training(shipped_adapter(cfg.init_adapter)) if cfg.init_adapter else None
+    record = RecordWriter(cfg, corpora, data, model_dir, mode, device, tokenizer, prior)
     trainer, clock, dev_cb = make_trainer(cfg, run, model, tokenizer, Dataset.from_list(data.prompts()), data, record, corpora, device)
     result, wall = run.train(trainer)
     if not trainer.is_world_process_zero():
@@ -417,6 +418,7 @@ class RecordWriter:
     mode: str
     device: str
     tokenizer: Any
+    prior: dict | None  # the init_adapter's training (prior_training), read once before training changes anything
 
     def record(self, steps: int) -> dict:
         cfg = self.cfg
@@ -451,7 +453,7 @@ class RecordWriter:
                 "device": self.device,
                 "steps": steps,
                 "train_examples": len(self.data.pairs),
-                **({"continued_from": prior_training(shipped_adapter(cfg.init_adapter))} if cfg.init_adapter else {}),
+                **({"continued_from": self.prior} if self.prior else {}),
             },
         }
 
@@ -548,7 +550,7 @@ def finish(cfg: SFTSettings, run: RunFolder, trainer, result, wall: float, clock
         write_record(dev_cb.best_dir, record.record(steps))
     tokens = int(trainer.state.num_input_tokens_seen or 0) - int(getattr(dev_cb, "tokens_at_start", None) or 0)  # this invocation only
     warnings = dev_cb.warnings()
-    prior = prior_training(shipped_adapter(cfg.init_adapter)) if cfg.init_adapter else {}
+    prior = record.prior or {}
     run.write_summary(
         trainer,
         None,
