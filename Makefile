@@ -91,7 +91,7 @@ bench-eval-speed: $(STAMP)
 # 100 test records of each corpus, and the canonical prompt on the whole test splits, through one `medner serve`
 bench-chat: $(STAMP)
 	@test -n "$(model)" || { echo "usage: make bench-chat model=PATH [ADAPTER=models/chat-qwen2.5-0.5b]"; exit 2; }
-	$(BIN)/python -m bench.chat --model $(model) --adapter $(or $(ADAPTER),models/chat-qwen2.5-0.5b) --limit 100 --subset-records 40 --full-split $(ARGS)
+	$(BIN)/python -m bench.chat --model $(model) --adapter $(or $(ADAPTER),models/chat-qwen2.5-0.5b) --limit 100 --subset-records 100 --full-split $(ARGS)
 
 # learning curve on the training split (resumable, <= 3 h of training each), the best adapter on the full test
 # split through the server (plain schema, grounded, free, zero-shot), then one adapter on the mixture of both corpora.

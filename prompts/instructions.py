@@ -12,6 +12,12 @@ types the query asks for, with the corpus's own type names whatever words the qu
 * ``single_type``  one type alone, half the time one that occurs in the window: with many types a uniform
                    subset is rarely one type, and one present; a model trained so answered a one-type
                    query mostly empty (cMedQANER, BENCHMARKS.md);
+* ``rare_type``    one type alone that occurs in the window, the corpus's rarer types drawn more often (weights
+                   inverse to the type's mention count in the train split): under ``single_type`` a rare type is
+                   mostly asked where it is absent, and a model trained so answered it empty where present;
+* ``negative``     only types that do not occur in the window (answer ``{"entities":[]}``): a random subset
+                   rarely misses every present type, and a model trained so tagged other types when asked
+                   for absent ones;
 * ``synonyms``     the types in words users write for them (data/corpora.yaml ``synonyms``);
 * ``descriptions`` each type with its one-line description;
 * ``multiturn``    the text and a first answer, then a follow-up turn restricting the types.
@@ -30,12 +36,13 @@ from collections.abc import Sequence
 
 import yaml
 
+from medner.data.records import convert
 from medner.data.registry import Corpus, Label
 from medner.prompts.render import TEMPLATES, build_messages
 from medner.prompts.schema import answer_json
 
 INSTRUCTION_VERSION = "chat-v1"
-STYLES = ("canonical", "instruction", "subset", "single_type", "synonyms", "descriptions", "multiturn")
+STYLES = ("canonical", "instruction", "subset", "single_type", "rare_type", "negative", "synonyms", "descriptions", "multiturn")
 # the default mix of styles (weights, normalised): a third canonical keeps the recorded prompt's quality
 DEFAULT_MIX = {"canonical": 0.3, "instruction": 0.2, "subset": 0.2, "synonyms": 0.1, "descriptions": 0.05, "multiturn": 0.15}
 # share of free-form requests whose instruction is in the other language than the text (cross-language use)
@@ -142,6 +149,32 @@ def _single_type(labels: Sequence[Label], entities: Sequence[dict], rng: random.
     return [rng.choice(present if present and rng.random() < 0.5 else labels)]
 
 
+_TYPE_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def type_counts(corpus: Corpus) -> dict[str, int]:
+    """Mentions per type in the corpus's train split (each type at least 1), read once per corpus."""
+    if corpus.name not in _TYPE_COUNTS:
+        counts = dict.fromkeys(corpus.label_names, 1)
+        for rec in convert(corpus, "train"):
+            for e in rec["entities"]:
+                counts[e["type"]] = counts.get(e["type"], 0) + 1
+        _TYPE_COUNTS[corpus.name] = counts
+    return _TYPE_COUNTS[corpus.name]
+
+
+def _rare_type(labels: Sequence[Label], entities: Sequence[dict], counts: dict[str, int], rng: random.Random) -> list[Label]:
+    present = [lab for lab in labels if any(e["type"] == lab.name for e in entities)]
+    if not present:
+        return [rng.choice(labels)]
+    return rng.choices(present, weights=[1.0 / counts[lab.name] for lab in present])
+
+
+def _negative(labels: Sequence[Label], entities: Sequence[dict], rng: random.Random) -> list[Label]:
+    absent = [lab for lab in labels if not any(e["type"] == lab.name for e in entities)]
+    return _subset(absent, rng) if absent else [rng.choice(labels)]
+
+
 def chat_pair(
     pair: dict,
     text: str,
@@ -165,8 +198,15 @@ def chat_pair(
     index = rng.randrange(len(pool.phrasings[lang]["train"]))
     form = rng.choice(TYPE_FORMS)
     describe = False
-    if style in ("subset", "single_type"):
-        labels = _subset(labels, rng) if style == "subset" else _single_type(labels, entities, rng)
+    if style in ("subset", "single_type", "rare_type", "negative"):
+        if style == "subset":
+            labels = _subset(labels, rng)
+        elif style == "single_type":
+            labels = _single_type(labels, entities, rng)
+        elif style == "rare_type":
+            labels = _rare_type(labels, entities, type_counts(corpus), rng)
+        else:
+            labels = _negative(labels, entities, rng)
         if rng.random() < 0.5:  # the canonical system line with fewer types: what /v1/extract's `labels` sends
             msgs = build_messages(text, labels, corpus.lang, prompt_version)
             return _pair(pair, style, msgs, _restrict(entities, {lab.name for lab in labels}))

@@ -12,7 +12,7 @@ from medner.inference.generation import predict, resolve_task
 from medner.inference.runrecord import SHIPPED, decode_types, decode_wider, read_record
 from medner.inference.settings import InferenceSettings
 from medner.prompts.contract import task_for
-from medner.prompts.instructions import DEFAULT_MIX, load_pool
+from medner.prompts.instructions import DEFAULT_MIX, load_pool, type_counts
 from medner.prompts.pairs import record_to_pairs
 from medner.serve.chat import ChatError, answer_content, ground, normalise, plan_chat, stream_events, text_message
 from medner.serve.chat import completion as chat_completion
@@ -70,6 +70,38 @@ def test_single_type_pairs_ask_one_type_and_half_the_time_one_the_window_holds()
     # a uniform draw over 11 types would rarely ask for a present one; here about half the windows with
     # entities get a non-empty answer
     assert 0.35 * answered <= asked_present <= 0.9 * answered, (asked_present, answered, total)
+
+
+def test_rare_type_pairs_ask_one_present_type_rare_ones_more_often_and_negative_pairs_only_absent_ones():
+    corpus = get_corpus("cmedqaner")
+    counts = type_counts(corpus)
+    rare = set(sorted(counts, key=counts.get)[:5])  # department, time, feature, physiology, test
+    rng = random.Random(0)
+    count = token_counter()
+    asked: list[str] = []
+    negatives = with_entities = checked = 0
+    for rec in convert(corpus, "train")[:200]:
+        canonical = {p["id"]: p for p in record_to_pairs(rec, corpus, count, 256, "compact-v1")}
+        for p in record_to_pairs(rec, corpus, count, 256, "compact-v1", rng=rng, mix={"rare_type": 1.0, "negative": 1.0}):
+            full = json.loads(canonical[p["id"]]["completion"][0]["content"])["entities"]
+            got = json.loads(p["completion"][0]["content"])["entities"]
+            if p["style"] == "negative":
+                negatives += 1
+                with_entities += bool(full)
+                assert got == []
+                first = p["prompt"][0]
+                if first["role"] == "system" and first["content"].startswith("实体类型："):  # the canonical line, fewer types
+                    checked += 1
+                    assert not any(f"{e['type']}（" in first["content"] for e in full), first["content"]
+            else:
+                assert p["style"] == "rare_type" and full and got
+                kinds = {e["type"] for e in got}
+                assert len(kinds) == 1 and got == [e for e in full if e["type"] in kinds]
+                asked.append(got[0]["type"])
+    assert negatives > 50 and with_entities > 0.8 * negatives and checked > 10
+    # the five rarest types hold 12% of the mentions; asked alone they are about a third of the queries
+    share_of_mentions = sum(counts[t] for t in rare) / sum(counts.values())
+    assert sum(t in rare for t in asked) / len(asked) > 2 * share_of_mentions, (asked, share_of_mentions)
 
 
 def test_messages_are_checked_and_the_text_message_is_the_longest_user_turn():
