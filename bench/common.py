@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -14,30 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medner import procs
+from medner.machine import describe as machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = "no GPU"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {gpu}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
 def git_commit() -> str:

@@ -69,6 +69,7 @@ def ship(adapter: Path, name: str) -> Path:
                 "train_loss",
                 "mode",
                 "device",
+                "machine",
                 "best_dev_f1",
                 "dev",
             )

@@ -26,6 +26,7 @@ import yaml
 
 from medner.config import ConfigError, save_config
 from medner.inference.models import resolve_model, tokenizer_hash, weights_hash
+from medner.machine import describe as describe_machine
 from medner.sft.plots import write_loss_curve
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,11 @@ class RunFolder:
         return final
 
     def write_summary(self, trainer: Any, title: str | None, **fields: Any) -> dict:
-        """``summary.json``: the loss curve's figures, ``fields``, and the peak memory of this process."""
+        """``summary.json``: the loss curve's figures, ``fields``, the peak memory of this process and the machine
+        (the last segment's, for a resumed run: training times mean something only beside it)."""
         summary = write_loss_curve(trainer.state.log_history, self.out, **({"title": title} if title else {}))
         summary.update(fields)
+        summary["machine"] = describe_machine()
         if fields.get("device") == "cuda":
             import torch  # heavy: only a training run needs it
 

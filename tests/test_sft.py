@@ -12,6 +12,8 @@ import pytest
 from conftest import ROOT, run_medner
 from safetensors.torch import load_file
 
+from medner.machine import describe as describe_machine
+
 pytestmark = pytest.mark.slow
 
 
@@ -37,6 +39,7 @@ def test_tiny_run_writes_a_trained_adapter(tiny_run, tiny_model):
     assert last < first, curve
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["dev"] and "QLoRA" in summary["mode"]
+    assert summary["machine"] == describe_machine() and "cores" in summary["machine"]
     rec = json.loads((ad / "medner_run.json").read_text())
     assert rec["prompt_version"] == "compact-v1" and rec["corpora"]["ncbi-disease"]["labels"] == ["Disease"]
     assert len(rec["base_model"]["weights_sha256"]) == 64
