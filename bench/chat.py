@@ -17,6 +17,9 @@ Variants, each on the same records:
                      ``MIN_SUBSET_SUPPORT`` mentions;
 * ``absent``         only types absent from the record: the share answered ``{"entities":[]}`` (the endpoint's
                      content, asked types kept), and the share the model itself wrote so;
+* ``labels_alone``   one type at a time in the canonical line naming that type alone (what ``labels`` in
+                     /v1/extract sent before it named the corpus's whole line): per-type F1 against the canonical
+                     query; ``empty_on_absent_types_labels`` is what ``labels`` answers now for absent types;
 * ``untrained``      zero-shot: the canonical prompt with each type under a name the model never saw and no synonym
                      of it (``UNTRAINED``: "Pathology" for Disease), scored with the names mapped back. What a
                      user asking for a type outside the run record gets (with a warning): decoded with the asked
@@ -56,7 +59,7 @@ from medner.tokenizer import load_tokenizer
 
 EMPTY = '{"entities":[]}'
 VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")  # scored as F1 on every record
-ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained")
+ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained", "labels_alone")
 MIN_SUBSET_SUPPORT = 20  # gold mentions of a type in the subset records for its drop to enter the supported max
 # type names no corpus trains, neither as a name nor as a synonym (data/corpora.yaml): zero-shot requests
 UNTRAINED = {
@@ -144,6 +147,9 @@ async def run_corpus(
         if i < subset_records and "subset" in variants:
             for lab in corpus.labels:
                 jobs.append(("subset", f"subset:{lab.name}", rec, query(rec, corpus, "heldout_" + corpus.lang, [lab], i, rng), [lab.name]))
+        if i < subset_records and "labels_alone" in variants:
+            for lab in corpus.labels:
+                jobs.append(("labels_alone", f"labels_alone:{lab.name}", rec, query(rec, corpus, "canonical", [lab], i, rng), [lab.name]))
     preds: dict[str, dict[str, dict]] = {}
     sem = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(jobs), desc=corpus.name, unit="query")
@@ -175,24 +181,18 @@ async def run_corpus(
         out["f1_untrained_names"] = round(score(records, renamed, bootstrap=0)["seqeval"]["micro"]["f1"], 4)
         out["untrained_names"] = {n: UNTRAINED[n] for n in names}
     if "subset" in variants and "heldout_" + corpus.lang in preds:
-        subset = records[:subset_records]
-        full_types = score(subset, {r["id"]: preds["heldout_" + corpus.lang][r["id"]] for r in subset}, bootstrap=0)["seqeval"]["per_type"]
-        drops, support = {}, {}
-        for lab in names:
-            one_type = score(subset, preds.get(f"subset:{lab}", {}), bootstrap=0)["seqeval"]["per_type"]
-            if lab in full_types and full_types[lab].get("support", 0):
-                drops[lab] = round(full_types[lab]["f1"] - one_type.get(lab, {}).get("f1", 0.0), 4)
-                support[lab] = full_types[lab]["support"]
-        # a type's F1 over a handful of gold mentions moves by 0.2 with one mention: the max over the types with
-        # MIN_SUBSET_SUPPORT mentions is reported beside the max over all of them, never instead of it
-        supported = [d for lab, d in drops.items() if support[lab] >= MIN_SUBSET_SUPPORT]
-        out.update(
-            subset_records=len(subset),
-            subset_f1_drop_per_type=drops,
-            subset_support_per_type=support,
-            subset_f1_max_drop=max(drops.values()) if drops else None,
-            subset_f1_max_drop_supported=max(supported) if supported else None,
+        out.update(subset_records=min(subset_records, len(records)))
+        out.update(one_type_drops(records[:subset_records], preds, "heldout_" + corpus.lang, "subset", names))
+    if "labels_alone" in variants and "canonical" in preds:
+        out.update(one_type_drops(records[:subset_records], preds, "canonical", "labels_alone", names))
+    if "canonical" in preds:
+        # what `labels` in /v1/extract answers for types absent from a record: the corpus's whole line is asked
+        # (medner.inference.runrecord.corpus_prompt), so the canonical replies filtered to those types
+        with_absent = [r for r in records if {lab for lab in names} - {e["type"] for e in r["entities"]}]
+        clean = sum(
+            1 for r in with_absent if not {e["type"] for e in preds["canonical"][r["id"]]["entities"]} - {e["type"] for e in r["entities"]}
         )
+        out["empty_on_absent_types_labels"] = round(clean / len(with_absent), 4) if with_absent else None
     if "absent" in preds:
         answers = preds["absent"]
         empty = sum(1 for p in answers.values() if p["status"] == "ok" and not p["entities"] and p.get("content") == EMPTY)
@@ -203,6 +203,27 @@ async def run_corpus(
             empty_on_absent_types_as_written=round(empty_raw / len(answers), 4),
         )
     return {**out, "queries": len(jobs), "wall_s": round(wall, 1)}
+
+
+def one_type_drops(records: list[dict], preds: dict[str, dict[str, dict]], full: str, key: str, names: Sequence[str]) -> dict:
+    """Per type: its F1 under the ``full`` query minus its F1 asked alone (``<key>:<type>`` predictions), the
+    type's gold mentions, and the largest drop over all types and over those with MIN_SUBSET_SUPPORT mentions."""
+    full_types = score(records, {r["id"]: preds[full][r["id"]] for r in records}, bootstrap=0)["seqeval"]["per_type"]
+    drops, support = {}, {}
+    for lab in names:
+        one_type = score(records, preds.get(f"{key}:{lab}", {}), bootstrap=0)["seqeval"]["per_type"]
+        if lab in full_types and full_types[lab].get("support", 0):
+            drops[lab] = round(full_types[lab]["f1"] - one_type.get(lab, {}).get("f1", 0.0), 4)
+            support[lab] = full_types[lab]["support"]
+    # a type's F1 over a handful of gold mentions moves by 0.2 with one mention: the max over the types with
+    # MIN_SUBSET_SUPPORT mentions is reported beside the max over all of them, never instead of it
+    supported = [d for lab, d in drops.items() if support[lab] >= MIN_SUBSET_SUPPORT]
+    return {
+        f"{key}_f1_drop_per_type": drops,
+        f"{key}_support_per_type": support,
+        f"{key}_f1_max_drop": max(drops.values()) if drops else None,
+        f"{key}_f1_max_drop_supported": max(supported) if supported else None,
+    }
 
 
 def full_split(url: str, corpus: str, out: Path, log: Path) -> dict:
