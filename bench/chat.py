@@ -228,10 +228,11 @@ def one_type_drops(records: list[dict], preds: dict[str, dict[str, dict]], full:
 
 def full_split(url: str, corpus: str, out: Path, log: Path) -> dict:
     """The canonical prompt on the corpus's whole test split: `medner eval run` through the served model (the
-    default decoding, every trained type, 95% bootstrap interval); resumes an interrupted run."""
+    default decoding, every trained type, 95% bootstrap interval); started over each time: the folder holds the
+    last measured adapter's predictions, which eval's resume rightly refuses to mix with another's."""
     medner(
         "eval", "run", "--config", str(ROOT / "eval/configs/default.yaml"), f"corpus={corpus}", "split=test",
-        f"url={url}", "served_model=ner", "concurrency=32", f"out={out}", log=log,
+        f"url={url}", "served_model=ner", "concurrency=32", f"out={out}", "resume=false", log=log,
     )  # fmt: skip
     r = report(out)
     f = r["failures"]
