@@ -18,8 +18,8 @@ Variants, each on the same records:
 * ``absent``         only types absent from the record: the share answered ``{"entities":[]}`` (the endpoint's
                      content, asked types kept), and the share the model itself wrote so;
 * ``labels_alone``   one type at a time in the canonical line naming that type alone (what ``labels`` in
-                     /v1/extract sent before it named the corpus's whole line): per-type F1 against the canonical
-                     query; ``empty_on_absent_types_labels`` is what ``labels`` answers now for absent types;
+                     /v1/extract sends): per-type F1 against the canonical query; ``empty_on_absent_types_full_query``
+                     is the share of records with absent types whose canonical (all types) answer holds none of them;
 * ``untrained``      zero-shot: the canonical prompt with each type under a name the model never saw and no synonym
                      of it (``UNTRAINED``: "Pathology" for Disease), scored with the names mapped back. What a
                      user asking for a type outside the run record gets (with a warning): decoded with the asked
@@ -186,13 +186,13 @@ async def run_corpus(
     if "labels_alone" in variants and "canonical" in preds:
         out.update(one_type_drops(records[:subset_records], preds, "canonical", "labels_alone", names))
     if "canonical" in preds:
-        # what `labels` in /v1/extract answers for types absent from a record: the corpus's whole line is asked
-        # (medner.inference.runrecord.corpus_prompt), so the canonical replies filtered to those types
+        # asking every type and keeping the absent ones (what a client filtering the full answer gets): the
+        # canonical replies filtered to the types absent from each record
         with_absent = [r for r in records if {lab for lab in names} - {e["type"] for e in r["entities"]}]
         clean = sum(
             1 for r in with_absent if not {e["type"] for e in preds["canonical"][r["id"]]["entities"]} - {e["type"] for e in r["entities"]}
         )
-        out["empty_on_absent_types_labels"] = round(clean / len(with_absent), 4) if with_absent else None
+        out["empty_on_absent_types_full_query"] = round(clean / len(with_absent), 4) if with_absent else None
     if "absent" in preds:
         answers = preds["absent"]
         empty = sum(1 for p in answers.values() if p["status"] == "ok" and not p["entities"] and p.get("content") == EMPTY)

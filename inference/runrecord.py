@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from medner.data.registry import Label, load_registry
+from medner.data.registry import load_registry
 from medner.inference.models import RECORD_NAME, weights_hash
 from medner.prompts.contract import Task
 from medner.prompts.render import PROMPT_VERSION, prompt_versions, template_hash
@@ -125,39 +125,14 @@ def decode_types(asked: Sequence[str], known: Sequence[str]) -> list[str]:
 def decode_wider(task: Task, record: dict | None) -> Task:
     """``task`` decoding with the types :func:`decode_types` gives for the model's run record: every trained
     type when those are more than the asked ones (a model of several corpora asked for one corpus's types, or
-    for a subset), and the result keeps the asked ones (:func:`~medner.prompts.contract.keep_asked`); some of
-    one trained corpus's types are asked with that corpus's whole line (:func:`corpus_prompt`).
+    for a subset), and the result keeps the asked ones (:func:`~medner.prompts.contract.keep_asked`).
     Unchanged without a record, for a single-corpus adapter asked for its types, or when an untrained type is asked."""
     if not record or not record.get("corpora"):
         return task
     types = decode_types(task.label_names, trained_types(record)["labels"])
-    wider = set(types) != set(task.label_names)
-    prompt = corpus_prompt(task, record)
-    if not wider and prompt is None:
+    if set(types) == set(task.label_names):
         return task
-    return dataclasses.replace(task, decode_labels=tuple(types) if wider else None, prompt_labels=prompt)
-
-
-def corpus_prompt(task: Task, record: dict) -> tuple[Label, ...] | None:
-    """The labels of the one trained corpus whose types strictly include the asked ones, for the prompt to name;
-    None for a free-form instruction, a corpus's own types, an untrained type, custom descriptions or several
-    candidate corpora. Measured on the shipped chat model (BENCHMARKS.md, "labels"): one cMedQANER type asked
-    in the canonical line with that type alone lost up to 0.89 F1 against the same type under the full line."""
-    if task.instruction is not None:
-        return None
-    registry = load_registry()
-    asked = set(task.label_names)
-    found = []
-    for name, trained in record["corpora"].items():
-        corpus = registry.get(name)
-        if corpus is None or corpus.label_names != list(trained.get("labels", [])):
-            continue
-        if asked == set(corpus.label_names):
-            return None  # a corpus's own query: as trained
-        by_name = {lab.name: lab for lab in corpus.labels}
-        if asked < set(by_name) and all(lab.description in ("", by_name[lab.name].description) for lab in task.labels):
-            found.append(corpus)
-    return tuple(found[0].labels) if len(found) == 1 else None
+    return dataclasses.replace(task, decode_labels=tuple(types))
 
 
 def trained_types(record: dict | None) -> dict:

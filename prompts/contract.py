@@ -60,14 +60,11 @@ class Task:
     # grammar holding only the asked types would force mentions of other types into them; the result keeps
     # the asked types (:func:`keep_asked`)
     decode_labels: tuple[str, ...] | None = None
-    # the types the prompt names when more than the asked ones: some of one trained corpus's types are asked
-    # with that corpus's whole line, the query the model was trained hardest on; the result keeps the asked types
-    prompt_labels: tuple[Label, ...] | None = None
 
     def messages(self, text: str) -> list[dict]:
         """The chat messages of one window: the free-form instruction around it, or the prompt templates."""
         if self.instruction is None:
-            return build_messages(text, self.prompt_labels or self.labels, self.lang, self.prompt_version)
+            return build_messages(text, self.labels, self.lang, self.prompt_version)
         user = self.instruction.replace("{text}", text) if "{text}" in self.instruction else f"{self.instruction}\n{text}"
         return [{"role": "user", "content": user}]
 

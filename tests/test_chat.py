@@ -186,19 +186,6 @@ def test_eval_of_a_model_of_several_corpora_decodes_every_trained_type_and_score
     assert decode_wider(task_for(bc5cdr), single).decode_labels is None  # a single-corpus model: as asked
     assert decode_wider(task_for(bc5cdr), None).decode_labels is None  # no record: as asked
     assert decode_wider(task_for(bc5cdr), read_record(shipped)).decode_names[:2] == ["Disease", "Chemical"]
-    # some of one trained corpus's types: asked with that corpus's whole line, the asked ones kept
-    cmed = get_corpus("cmedqaner")
-    wide = decode_wider(task_for(None, ["test"], "zh"), read_record(shipped))
-    assert wide.label_names == ["test"] and wide.messages("x") == task_for(cmed).messages("x")
-    assert decode_wider(task_for(bc5cdr, ["Chemical"]), read_record(shipped)).messages("x") == task_for(bc5cdr).messages("x")
-    for as_asked in (
-        task_for(ncbi),  # a corpus's own types (NCBI-disease's Disease is also one of BC5CDR's)
-        task_for(None, ["test", "Chemical"], "zh"),  # types of two corpora
-        task_for(None, ["test", "Assay"], "zh"),  # an untrained type
-        task_for(None, {"test": "lab tests, only blood work"}, "zh"),  # a description of the user's own
-        task_for(cmed, ["test"], instruction="Which tests are named?"),  # the user's words
-    ):
-        assert decode_wider(as_asked, read_record(shipped)).prompt_labels is None
 
     class Replies:  # the replies a model of several corpora writes; planning and parsing are the contract's
         name, tokenizer, max_model_len, chunk_records = "fixed", load_tokenizer(), 4096, 8
