@@ -27,7 +27,9 @@ Variants, each on the same records:
 Every query is decoded as the endpoint does: the grammar admits every type the model was trained on, the answer
 keeps the asked ones.
 Writes ``bench/results/chat.json`` (metrics per corpus, with ``train_wall_s``/``train_examples`` from the adapter)
-and every query's prediction under ``runs/bench/<name>/<corpus>/<variant>.jsonl``.
+and every query's prediction under ``runs/bench/<name>/<corpus>/<variant>.jsonl``. With ``--full-split`` it also
+keeps the learning curve: each adapter benched before (full-split F1 against its training examples and seconds,
+carried from the result it replaces) and a projection to the training budget (``projection``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -61,6 +64,8 @@ EMPTY = '{"entities":[]}'
 VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")  # scored as F1 on every record
 ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained", "labels_alone")
 MIN_SUBSET_SUPPORT = 20  # gold mentions of a type in the subset records for its drop to enter the supported max
+TARGETS = {"ncbi-disease": 0.80, "bc5cdr": 0.85, "cmedqaner": 0.665}  # full test split, canonical prompt
+BUDGET_S = 5 * 3600  # cumulative train_wall_s the targets allow
 # type names no corpus trains, neither as a name nor as a synonym (data/corpora.yaml): zero-shot requests
 UNTRAINED = {
     "Disease": "Pathology", "Chemical": "Pharmaceutical", "body": "Anatomical site", "crowd": "Cohort",
@@ -244,6 +249,71 @@ def full_split(url: str, corpus: str, out: Path, log: Path) -> dict:
     }
 
 
+def curve_point(result: dict) -> dict | None:
+    """One point of the learning curve from a chat result: its full-split F1 per corpus; None without one."""
+    m = result.get("metrics", {})
+    f1 = {c: m[c]["f1_canonical_full_split"] for c in TARGETS if "f1_canonical_full_split" in (m.get(c) or {})}
+    if not f1 or not m.get("train_examples"):
+        return None
+    return {
+        "train_examples": m["train_examples"],
+        "train_wall_s": round(m["train_wall_s"]),
+        "f1_full_split": f1,
+        "full_split_records": {c: m[c].get("full_split_records") for c in f1},
+        "adapter_sha256": result.get("adapter_sha256"),
+        "date": result.get("date", "")[:10],
+    }
+
+
+def extend_curve(previous: dict | None, current: dict) -> list[dict]:
+    """The curve so far (the replaced result's, with that result's own point) and the current point, by examples."""
+    points = list((previous or {}).get("learning_curve", []))
+    if previous and (p := curve_point(previous)):
+        points.append(p)
+    if c := curve_point(current):
+        points.append(c)
+    by_weights = {p["adapter_sha256"] or p["date"]: p for p in points}  # a rerun of the same weights replaces its point
+    return sorted(by_weights.values(), key=lambda p: p["train_examples"])
+
+
+def projection(curve: list[dict], budget_s: float = BUDGET_S, last: int = 3) -> dict:
+    """Per corpus: F1 gained per doubling of the examples (least squares over the last ``last`` points), the F1 that
+    rate gives from the last point at the budget (examples extended at the last run's seconds per example), and the
+    examples and cumulative hours it would take to reach the target (None when the curve is flat or falling)."""
+    pts = curve[-last:]
+    if len(pts) < 2:
+        return {}
+    a, b = pts[-2], pts[-1]
+    s_per_example = (b["train_wall_s"] - a["train_wall_s"]) / max(b["train_examples"] - a["train_examples"], 1)
+    at_budget = b["train_examples"] + max(budget_s - b["train_wall_s"], 0) / s_per_example if s_per_example > 0 else b["train_examples"]
+    out: dict = {"budget_s": budget_s, "s_per_example": round(s_per_example, 3), "examples_at_budget": round(at_budget)}
+    for corpus, target in TARGETS.items():
+        xy = [(math.log2(p["train_examples"]), p["f1_full_split"][corpus]) for p in pts if corpus in p["f1_full_split"]]
+        if len(xy) < 2:
+            continue
+        mx, my = sum(x for x, _ in xy) / len(xy), sum(y for _, y in xy) / len(xy)
+        var = sum((x - mx) ** 2 for x, _ in xy)
+        slope = sum((x - mx) * (y - my) for x, y in xy) / var if var else 0.0
+        best = max(p["f1_full_split"].get(corpus, 0.0) for p in curve)
+        f1_budget = xy[-1][1] + slope * (math.log2(at_budget) - xy[-1][0])
+        need, hours = None, None
+        if xy[-1][1] >= target:
+            need = b["train_examples"]
+        elif slope > 0:
+            need = round(2 ** (xy[-1][0] + (target - xy[-1][1]) / slope))
+        if need is not None:
+            hours = round((b["train_wall_s"] + (need - b["train_examples"]) * s_per_example) / 3600, 1)
+        out[corpus] = {
+            "target": target,
+            "best": best,
+            "f1_per_doubling": round(slope, 4),
+            "f1_at_budget": round(f1_budget, 4),
+            "examples_for_target": need,
+            "hours_for_target": hours,
+        }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="the base model folder (medner pull prints it)")
@@ -291,6 +361,10 @@ def main() -> int:
                     metrics[name].setdefault(k, v)
     metrics["train_wall_s"] = trained["train_wall_s_total"]
     metrics["train_examples"] = trained["examples_seen_total"] or rec.get("training", {}).get("train_examples")
+    curve = extend_curve(
+        json.loads(previous.read_text()) if previous.is_file() else None,
+        {"metrics": metrics, "adapter_sha256": weights, "date": time.strftime("%Y-%m-%d")},
+    )
     write_result(
         a.name,
         metrics,
@@ -300,7 +374,7 @@ def main() -> int:
         + (f" --name {a.name}" if a.name != "chat" else ""),
         notes=f"adapter {adapter} (instructions {json.dumps(rec.get('instructions'))}); first {a.limit} test records per corpus; "
         "held-out phrasings are never trained (prompts/templates/chat-v1/instructions.yaml, part heldout)",
-        extra={"adapter_sha256": weights},
+        extra={"adapter_sha256": weights, "learning_curve": curve, "projection": projection(curve)},
     )
     return 0
 

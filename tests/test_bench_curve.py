@@ -62,3 +62,30 @@ def test_accuracy_refuses_bad_runs_and_variants_before_any_work(tmp_path):
         )
         assert proc.returncode == 1 and fragment in proc.stderr, proc.stderr
         assert not any(tmp_path.iterdir())  # nothing started
+
+
+def _chat_result(examples, wall, f1s, sha):
+    metrics = {c: {"f1_canonical_full_split": f, "full_split_records": 100} for c, f in f1s.items()}
+    return {"metrics": {**metrics, "train_examples": examples, "train_wall_s": wall}, "adapter_sha256": sha, "date": "2026-12-02"}
+
+
+def test_chat_curve_carries_each_replaced_result_and_projects_to_the_budget():
+    from bench.chat import extend_curve, projection
+
+    first = _chat_result(1000, 1000.0, {"ncbi-disease": 0.60, "bc5cdr": 0.70, "cmedqaner": 0.50}, "a")
+    first["learning_curve"] = extend_curve(None, first)
+    second = _chat_result(2000, 2000.0, {"ncbi-disease": 0.70, "bc5cdr": 0.70, "cmedqaner": 0.70}, "b")
+    second["learning_curve"] = extend_curve(first, second)
+    assert [p["train_examples"] for p in second["learning_curve"]] == [1000, 2000]
+    # a rerun of the same weights replaces its point rather than adding one; a bench without the full split adds none
+    rerun = _chat_result(2000, 2000.0, {"ncbi-disease": 0.71, "bc5cdr": 0.70, "cmedqaner": 0.70}, "b")
+    assert [p["f1_full_split"]["ncbi-disease"] for p in extend_curve(second, rerun)] == [0.60, 0.71]
+    assert len(extend_curve(second, {"metrics": {"train_examples": 3000, "train_wall_s": 3000.0}, "adapter_sha256": "c"})) == 2
+
+    proj = projection(second["learning_curve"], budget_s=8000.0)
+    assert proj["s_per_example"] == 1.0 and proj["examples_at_budget"] == 8000  # 6,000 s more at 1 s an example
+    ncbi = proj["ncbi-disease"]  # 0.10 a doubling: two more doublings reach 0.90
+    assert ncbi["f1_per_doubling"] == 0.1 and ncbi["f1_at_budget"] == 0.9
+    assert ncbi["examples_for_target"] == 4000 and ncbi["hours_for_target"] == round(4000 / 3600, 1)
+    assert proj["bc5cdr"]["examples_for_target"] is None  # flat: no projection reaches 0.85
+    assert proj["cmedqaner"]["examples_for_target"] == 2000 and proj["cmedqaner"]["best"] == 0.70  # met already
