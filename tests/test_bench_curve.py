@@ -2,6 +2,7 @@
 
 import json
 
+from bench.chat import extend_curve, projection
 from bench.learning_curve import plot, snapshots
 
 
@@ -70,8 +71,6 @@ def _chat_result(examples, wall, f1s, sha):
 
 
 def test_chat_curve_carries_each_replaced_result_and_projects_to_the_budget():
-    from bench.chat import extend_curve, projection
-
     first = _chat_result(1000, 1000.0, {"ncbi-disease": 0.60, "bc5cdr": 0.70, "cmedqaner": 0.50}, "a")
     first["learning_curve"] = extend_curve(None, first)
     second = _chat_result(2000, 2000.0, {"ncbi-disease": 0.70, "bc5cdr": 0.70, "cmedqaner": 0.70}, "b")
