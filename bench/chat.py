@@ -2,6 +2,7 @@
 
     python -m bench.chat --model BASE --adapter ADAPTER [--limit 200] [--corpora ncbi-disease,bc5cdr,cmedqaner]
         [--full-split] [--variants canonical,...]
+    python -m bench.chat --rescore [--name chat]   # the result's metrics again from its saved predictions
 
 Every query goes to a real ``medner serve`` (the adapter merged, vLLM's CPU build) the way ``medner api``'s chat
 endpoint sends it: the conversation as written, decoded under the grounded grammar of its text message
@@ -47,12 +48,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import numpy as np
 from tqdm import tqdm
 
-from bench.common import ROOT, medner, report, server, write_result
+from bench.common import ROOT, git_commit, medner, report, server, write_result
 from medner.data.records import convert
 from medner.data.registry import Corpus, Label, get_corpus
-from medner.eval.score import score
+from medner.eval.score import f1_from_counts, score, strict_counts
 from medner.inference.runrecord import trained_types
 from medner.prompts.instructions import load_pool, render_instruction
 from medner.prompts.render import build_messages
@@ -63,6 +65,8 @@ from medner.tokenizer import load_tokenizer
 EMPTY = '{"entities":[]}'
 VARIANTS = ("canonical", "heldout_en", "heldout_zh", "synonyms", "cross_language")  # scored as F1 on every record
 ALL_VARIANTS = (*VARIANTS, "subset", "absent", "untrained", "labels_alone")
+SUBSET_TARGET = 0.02  # a type asked alone within this F1 of the same type under the full query
+BOOTSTRAP = 1000  # resamples of the records for the intervals
 MIN_SUBSET_SUPPORT = 20  # gold mentions of a type in the subset records for its drop to enter the supported max
 TARGETS = {"ncbi-disease": 0.80, "bc5cdr": 0.85, "cmedqaner": 0.665}  # full test split, canonical prompt
 BUDGET_S = 5 * 3600  # cumulative train_wall_s the targets allow
@@ -172,12 +176,35 @@ async def run_corpus(
         wall = time.perf_counter() - t0
     bar.close()
     if save is not None:
-        save.mkdir(parents=True, exist_ok=True)
-        for key, by_id in preds.items():
-            with (save / f"{key.replace(':', '-')}.jsonl").open("w", encoding="utf-8") as f:
-                for r in records:
-                    if r["id"] in by_id:
-                        f.write(json.dumps(by_id[r["id"]], ensure_ascii=False) + "\n")
+        save_predictions(save, records, preds)
+    metrics = corpus_metrics(records, corpus, preds, variants, subset_records)
+    return {**metrics, "queries": len(jobs), "wall_s": round(wall, 1)}
+
+
+def save_predictions(folder: Path, records: list[dict], preds: dict[str, dict[str, dict]]) -> None:
+    """Each variant key's predictions as ``folder/<key>.jsonl`` (``subset:body`` as ``subset-body``), in record order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, by_id in preds.items():
+        with (folder / f"{key.replace(':', '-', 1)}.jsonl").open("w", encoding="utf-8") as f:
+            for r in records:
+                if r["id"] in by_id:
+                    f.write(json.dumps(by_id[r["id"]], ensure_ascii=False) + "\n")
+
+
+def load_predictions(folder: Path) -> dict[str, dict[str, dict]]:
+    """What :func:`save_predictions` wrote, by variant key (the full-split folder is eval's, not read here)."""
+    preds: dict[str, dict[str, dict]] = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        key = path.stem.replace("-", ":", 1) if path.stem.startswith(("subset-", "labels_alone-")) else path.stem
+        preds[key] = {(p := json.loads(line))["id"]: p for line in path.open(encoding="utf-8") if line.strip()}
+    return preds
+
+
+def corpus_metrics(
+    records: list[dict], corpus: Corpus, preds: dict[str, dict[str, dict]], variants: Sequence[str], subset_records: int
+) -> dict:
+    """The metrics of one corpus from every query's prediction (``preds``: variant key -> record id -> prediction)."""
+    names = corpus.label_names
     f1 = {v: round(score(records, preds[v], bootstrap=0)["seqeval"]["micro"]["f1"], 4) for v in VARIANTS if v in preds}
     out: dict = {"test_records": len(records), **{f"f1_{v}": f for v, f in f1.items()}}
     if "untrained" in preds:
@@ -206,8 +233,17 @@ async def run_corpus(
             absent_type_records=len(answers),
             empty_on_absent_types=round(empty / len(answers), 4),
             empty_on_absent_types_as_written=round(empty_raw / len(answers), 4),
+            empty_on_absent_types_ci95=wilson(empty, len(answers)),
         )
-    return {**out, "queries": len(jobs), "wall_s": round(wall, 1)}
+    return out
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson interval of a share k/n (sound near 0 and 1, where the normal one is not)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(centre - half, 0.0), 4), round(min(centre + half, 1.0), 4)]
 
 
 def one_type_drops(records: list[dict], preds: dict[str, dict[str, dict]], full: str, key: str, names: Sequence[str]) -> dict:
@@ -223,12 +259,33 @@ def one_type_drops(records: list[dict], preds: dict[str, dict[str, dict]], full:
     # a type's F1 over a handful of gold mentions moves by 0.2 with one mention: the max over the types with
     # MIN_SUBSET_SUPPORT mentions is reported beside the max over all of them, never instead of it
     supported = [d for lab, d in drops.items() if support[lab] >= MIN_SUBSET_SUPPORT]
+    ci = drop_intervals(records, preds[full], {lab: preds.get(f"{key}:{lab}", {}) for lab in drops}, list(drops))
     return {
         f"{key}_f1_drop_per_type": drops,
         f"{key}_support_per_type": support,
         f"{key}_f1_max_drop": max(drops.values()) if drops else None,
         f"{key}_f1_max_drop_supported": max(supported) if supported else None,
+        f"{key}_f1_drop_ci95_per_type": ci,
+        # the types whose drop exceeds the target beyond the records' noise (the interval's low end above it)
+        f"{key}_over_target": sorted(lab for lab, (low, _) in ci.items() if low > SUBSET_TARGET),
     }
+
+
+def drop_intervals(
+    records: list[dict], full: dict[str, dict], alone: dict[str, dict[str, dict]], names: list[str], n: int = BOOTSTRAP, seed: int = 0
+) -> dict[str, list[float]]:
+    """Per type, the 95% paired bootstrap interval over records of (F1 under the full query - F1 asked alone):
+    both answers of a record are drawn together, so the interval is that of the difference, not of either F1."""
+    if not names or not records:
+        return {}
+    counts_full = strict_counts(records, full, names)
+    draws = np.random.default_rng(seed).integers(0, len(records), size=(n, len(records)))
+    out = {}
+    for i, lab in enumerate(names):
+        counts_alone = strict_counts(records, alone.get(lab, {}), names)[:, i]
+        diff = f1_from_counts(counts_full[draws, i].sum(axis=1)) - f1_from_counts(counts_alone[draws].sum(axis=1))
+        out[lab] = [round(float(np.percentile(diff, 2.5)), 4), round(float(np.percentile(diff, 97.5)), 4)]
+    return out
 
 
 def full_split(url: str, corpus: str, out: Path, log: Path) -> dict:
@@ -314,10 +371,32 @@ def projection(curve: list[dict], budget_s: float = BUDGET_S, last: int = 3) -> 
     return out
 
 
+def rescore(name: str) -> Path:
+    """``bench/results/<name>.json``'s metrics recomputed from the predictions its run saved (no model): a new
+    figure of this file on the same answers. Refused when a figure the file holds comes out different: the saved
+    predictions are then another run's."""
+    path = ROOT / "bench" / "results" / f"{name}.json"
+    res = json.loads(path.read_text())
+    for corpus_name, m in res["metrics"].items():
+        if not isinstance(m, dict) or "subset_records" not in m:
+            continue
+        corpus = get_corpus(corpus_name)
+        records = convert(corpus, "test")[: m["test_records"]]
+        new = corpus_metrics(
+            records, corpus, load_predictions(ROOT / "runs" / "bench" / name / corpus_name), ALL_VARIANTS, m["subset_records"]
+        )
+        if differ := [k for k, v in new.items() if isinstance(v, float) and isinstance(m.get(k), float) and abs(v - m[k]) > 1e-4]:
+            raise SystemExit(f"{path}: {corpus_name}'s saved predictions give other figures ({', '.join(differ)}): another run's")
+        m.update(new)
+    res["rescored"] = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
+    path.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="the base model folder (medner pull prints it)")
-    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--model", help="the base model folder (medner pull prints it)")
+    ap.add_argument("--adapter")
     ap.add_argument("--corpora", default="ncbi-disease,bc5cdr,cmedqaner")
     ap.add_argument("--limit", type=int, default=200, help="first N test records of each corpus")
     ap.add_argument("--subset-records", type=int, default=50, help="records asked one type at a time")
@@ -326,7 +405,13 @@ def main() -> int:
     ap.add_argument("--full-split", action="store_true", help="also the canonical prompt on each whole test split (medner eval run)")
     ap.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated, of: " + ", ".join(ALL_VARIANTS))
     ap.add_argument("--url", help="a running `medner serve` of this adapter (default: start one)")
+    ap.add_argument("--rescore", action="store_true", help="recompute the result's metrics from its saved predictions (no model)")
     a = ap.parse_args()
+    if a.rescore:
+        print(rescore(a.name))
+        return 0
+    if not a.model or not a.adapter:
+        ap.error("--model and --adapter are required (unless --rescore)")
     variants = a.variants.split(",")
     if unknown := [v for v in variants if v not in ALL_VARIANTS]:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; of: {', '.join(ALL_VARIANTS)}")

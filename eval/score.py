@@ -117,6 +117,35 @@ def _match_partial(gold: list[tuple[int, int, str]], pred: list[tuple[int, int, 
     return exact, partial
 
 
+def _strict_record(rec: dict, p_spans: list[tuple[int, int, str]], counts: np.ndarray, idx: dict[str, int]) -> tuple[list, list]:
+    """One record's predicted spans held to BIO on its tokens (kept, dropped), adding the strict span
+    matches per type (what seqeval strict counts) to ``counts`` (types x [tp, fp, fn])."""
+    offsets = [tuple(o) for o in rec["token_offsets"]]
+    kept, dropped = char_spans_to_token_spans(offsets, p_spans)
+    g_set = collections.Counter(
+        (sp.start, sp.end, sp.label)
+        for sp in char_spans_to_token_spans(offsets, [(e["start"], e["end"], e["type"]) for e in rec["entities"]])[0]
+    )
+    p_set = collections.Counter((sp.start, sp.end, sp.label) for sp in kept)
+    for column, pairs in enumerate((g_set & p_set, p_set - g_set, g_set - p_set)):
+        for key, n in pairs.items():
+            if key[2] in idx:
+                counts[idx[key[2]], column] += n
+    return kept, dropped
+
+
+def strict_counts(gold: Sequence[dict], preds: dict[str, dict], labels: Sequence[str]) -> np.ndarray:
+    """Per record and type of ``labels``, the strict [tp, fp, fn] that :func:`score` sums (records x types x 3):
+    the input of a paired bootstrap over records. Spans are held to BIO as in :func:`score`, then types outside
+    ``labels`` are left out."""
+    idx = {lab: i for i, lab in enumerate(labels)}
+    counts = np.zeros((len(gold), len(labels), 3))
+    fail: dict[str, list] = {k: [] for k in FAILURES}
+    for r_i, rec in enumerate(gold):
+        _strict_record(rec, _pred_spans(rec, preds.get(rec["id"]), fail), counts[r_i], idx)
+    return counts
+
+
 # long: the report's figures in one pass: seqeval strict, per type, failures, bootstrap intervals, mention-level checks
 def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, seed: int = 0, with_text: bool = True) -> dict:
     """The full report (see ``report.json`` in the README). Scores are fractions 0-1."""
@@ -134,25 +163,11 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
     fp_example: dict = {}
     fn_example: dict = {}
     for r_i, rec in enumerate(gold):
-        offsets = [tuple(o) for o in rec["token_offsets"]]
-        gold_tags = record_tags(rec)
         p_spans = _pred_spans(rec, preds.get(rec["id"]), fail)
-        kept, dropped = char_spans_to_token_spans(offsets, p_spans)
+        kept, dropped = _strict_record(rec, p_spans, per_rec[r_i], idx)
         overlaps_resolved += len(dropped)
-        y_true.append(gold_tags)
-        y_pred.append(spans_to_tags(len(offsets), kept))
-        # strict span sets on the BIO-held spans (what seqeval strict counts), per type
-        g_set = collections.Counter(
-            (sp.start, sp.end, sp.label)
-            for sp in char_spans_to_token_spans(offsets, [(e["start"], e["end"], e["type"]) for e in rec["entities"]])[0]
-        )
-        p_set = collections.Counter((sp.start, sp.end, sp.label) for sp in kept)
-        for key, n in (g_set & p_set).items():
-            per_rec[r_i, idx[key[2]], 0] += n
-        for key, n in (p_set - g_set).items():
-            per_rec[r_i, idx[key[2]], 1] += n
-        for key, n in (g_set - p_set).items():
-            per_rec[r_i, idx[key[2]], 2] += n
+        y_true.append(record_tags(rec))
+        y_pred.append(spans_to_tags(len(rec["token_offsets"]), kept))
         # span level on characters, all predicted spans (before the BIO rule)
         g_chars = [(e["start"], e["end"], e["type"]) for e in rec["entities"]]
         exact, partial = _match_partial(g_chars, p_spans)
@@ -230,7 +245,8 @@ def score(gold: Sequence[dict], preds: dict[str, dict], bootstrap: int = 1000, s
     }
 
 
-def _f1_from(counts: np.ndarray) -> np.ndarray:
+def f1_from_counts(counts: np.ndarray) -> np.ndarray:
+    """F1 of [tp, fp, fn] counts on the last axis (0 where there is nothing to count)."""
     tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
     denom = 2 * tp + fp + fn
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
@@ -243,8 +259,8 @@ def _bootstrap(per_rec: np.ndarray, labels: list[str], n: int, seed: int) -> tup
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(per_rec), size=(n, len(per_rec)))
     sums = per_rec[draws].sum(axis=1)  # (n, types, 3)
-    micro = _f1_from(sums.sum(axis=1))
-    per_type = _f1_from(sums)  # (n, types)
+    micro = f1_from_counts(sums.sum(axis=1))
+    per_type = f1_from_counts(sums)  # (n, types)
     ci = [float(np.percentile(micro, 2.5)), float(np.percentile(micro, 97.5))]
     type_ci = {lab: [float(np.percentile(per_type[:, i], 2.5)), float(np.percentile(per_type[:, i], 97.5))] for i, lab in enumerate(labels)}
     return ci, type_ci
